@@ -1,0 +1,183 @@
+"""Command line: parse options, call the library, turn named errors into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from . import __version__, console
+from .errors import ToolkitError
+from .quantizer import DEFAULT_TYPE, QUANT_TYPES
+
+
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize", help="HF checkpoint (local dir or hub id) → quantized GGUF under models/",
+                       description="Convert a Hugging Face checkpoint with llama.cpp's own converter, then "
+                                   f"quantize it (default {DEFAULT_TYPE}). Any llama.cpp type can be given as "
+                                   "--<type> (e.g. --q6_k, --iq4_xs) or --type T.")
+    p.add_argument("model", help="local checkpoint directory or Hugging Face repo id (owner/name)")
+    for name in QUANT_TYPES:
+        shown = name in ("Q4_K_M", "Q8_0")
+        p.add_argument(f"--{name.lower()}", dest="types", action="append_const", const=name,
+                       help=f"make {name}" if shown else argparse.SUPPRESS)
+    p.add_argument("--type", dest="types", action="append", metavar="T",
+                   help="any llama.cpp quantization type, case-insensitive; repeatable or comma-separated")
+    p.add_argument("--outtype", default="auto", choices=["auto", "bf16", "f16", "f32"],
+                   help="intermediate precision (auto: bf16 for bf16 checkpoints, else f16)")
+    p.add_argument("--revision", help="hub branch, tag or commit (default: main)")
+    p.add_argument("--output-dir", type=Path, default=Path("models"), help="where <name>/ goes (default: models)")
+    p.add_argument("--keep-intermediate", action="store_true", help="keep the 16-bit GGUF next to the quantized ones")
+    p.add_argument("--force", action="store_true", help="rebuild outputs that already exist")
+    p.add_argument("--threads", type=int, default=0, help="quantizer threads (default: all cores)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="toolkit",
+        description="Quantize Korean LLMs with llama.cpp and answer AI 말평 language-norm questions.")
+    parser.add_argument("--version", action="version", version=f"toolkit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("setup", help="take llama.cpp's converter from the pinned llama-cpp-python sdist")
+    p.add_argument("--sdist", type=Path, help="use this llama-cpp-python sdist instead of downloading it")
+    p.add_argument("--force", action="store_true", help="extract again even if already set up")
+
+    p = sub.add_parser("doctor", help="versions, converter location, GPU devices and free VRAM")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    _add_quantize(sub)
+
+    p = sub.add_parser("inspect", help="architecture, types, size and tokenizer of a GGUF file")
+    p.add_argument("file", type=Path)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sub.add_parser("demo", help="quantize the embedded SmolLM2-135M-Instruct and show the result")
+    return parser
+
+
+def _split_types(values: list[str] | None) -> tuple[str, ...]:
+    return tuple(t for v in values or [] for t in v.split(",") if t.strip())
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from . import vendor
+
+    conv = vendor.provision(args.sdist, force=args.force)
+    console.out.print(f"llama.cpp converter: {conv.script}")
+    console.out.print(f"from llama-cpp-python {conv.llama_cpp_python}, llama.cpp commit {conv.commit}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+    from .inspection import human_bytes
+
+    rep = doctor.report()
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    for key, value in rep.items():
+        if key == "devices":
+            for d in value:
+                mem = f", {human_bytes(d['free_bytes'])} free of {human_bytes(d['total_bytes'])}" if d["kind"] != "CPU" else ""
+                console.out.print(f"{'device':<24} {d['name']}: {d['description']} ({d['kind']}{mem})")
+            if not any(d["kind"] in ("GPU", "IGPU") for d in value):
+                console.out.print(f"{'cuda devices':<24} none visible to llama.cpp")
+        else:
+            console.out.print(f"{key.replace('_', ' '):<24} {value}")
+    return 0
+
+
+def print_quantize_result(result) -> None:
+    from rich.table import Table
+
+    from .inspection import human_bytes
+
+    table = Table(title=f"{result.source.id}", title_justify="left")
+    for col in ("type", "size", "BPW", "seconds", "status", "path"):
+        table.add_column(col, justify="right" if col in ("size", "BPW", "seconds") else "left",
+                         overflow="fold")
+    for f in result.files:
+        table.add_row(f.type, human_bytes(f.size), f"{f.bits_per_weight:.2f}", f"{f.seconds:.1f}", f.status, str(f.path))
+    if result.convert_seconds is not None:
+        table.caption = f"conversion: {result.convert_seconds:.1f} s"
+    console.out.print(table)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .quantize import QuantizeSettings, quantize
+
+    settings = QuantizeSettings(
+        types=_split_types(args.types) or (DEFAULT_TYPE,),
+        outtype=args.outtype, revision=args.revision, output_dir=args.output_dir,
+        keep_intermediate=args.keep_intermediate, force=args.force, threads=args.threads,
+    )
+    print_quantize_result(quantize(args.model, settings))
+    return 0
+
+
+def print_inspect(path: Path) -> None:
+    from .inspection import human_bytes, human_count, summary
+
+    s = summary(path)
+    rows = [
+        ("file", s["file"]), ("architecture", s["architecture"]), ("name", s["name"]),
+        ("file type", s["file_type"]), ("size", human_bytes(s["size_bytes"])),
+        ("parameters", human_count(s["parameters"])), ("bits per weight", f"{s['bits_per_weight']:.2f}"),
+        ("tensor types", ", ".join(f"{k} {v}" for k, v in s["tensor_types"].items())),
+        ("layers", s["layers"]), ("context length", s["context_length"]),
+        ("tokenizer", f"{s['tokenizer_model']} (pre-tokenizer {s['pre_tokenizer']})"),
+        ("chat template", "yes" if s["chat_template"] else "no"),
+    ]
+    for key, value in rows:
+        console.out.print(f"{key:<16} {value}")
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspection import summary
+
+    if args.json:
+        print(json.dumps(summary(args.file), ensure_ascii=False, indent=2))
+    else:
+        print_inspect(args.file)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    result = demo.run()
+    print_quantize_result(result)
+    print_inspect(result.files[0].path)
+    return 0
+
+
+COMMANDS = {"setup": cmd_setup, "doctor": cmd_doctor, "quantize": cmd_quantize,
+            "inspect": cmd_inspect, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ToolkitError as e:
+        if args.verbose:
+            traceback.print_exc()
+        console.err.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        console.err.print("[red]interrupted[/red]: no partial output was kept")
+        return 130
+    except Exception as e:  # an internal failure: one line unless -v
+        if args.verbose:
+            traceback.print_exc()
+        console.err.print(f"[red]error:[/red] {type(e).__name__}: {e} (rerun with -v for the traceback)", soft_wrap=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Where the toolkit talks to people: rich on stderr, so stdout stays clean for --json."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+def notice(message: str) -> None:
+    err.print(f"[bold]note:[/bold] {message}")
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {message}")
+
+
+def step_progress() -> Progress:
+    """A bar for work measured in steps (tensors, items)."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+def byte_progress() -> Progress:
+    """A bar for work measured in bytes (downloads, writes)."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )

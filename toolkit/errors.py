@@ -1,0 +1,75 @@
+"""Named errors. The CLI turns them into one-line messages and exit codes in one place."""
+
+from __future__ import annotations
+
+
+class ToolkitError(Exception):
+    """An internal failure: something that should have worked did not (exit 1)."""
+
+    exit_code = 1
+
+
+class UserError(ToolkitError):
+    """Bad input or a request we cannot satisfy as asked (exit 2)."""
+
+    exit_code = 2
+
+
+class NotProvisioned(UserError):
+    """llama.cpp's converter has not been taken from the pinned sdist yet."""
+
+
+class UnknownQuantType(UserError):
+    """A quantization type llama.cpp does not know."""
+
+
+class ImatrixRequired(UserError):
+    """The type needs an importance matrix, which this command was not given."""
+
+
+class NotACheckpoint(UserError):
+    """A local path that is not a Hugging Face checkpoint directory."""
+
+
+class UnsupportedArchitecture(UserError):
+    """llama.cpp's converter has no support for the checkpoint's architecture."""
+
+
+class RepoNotFound(UserError):
+    """The hub has no such repository, or it is private and no valid token was given."""
+
+
+class GatedRepo(UserError):
+    """The repository is gated and the token (if any) has no access."""
+
+
+class RevisionNotFound(UserError):
+    """The repository exists but not at the requested revision."""
+
+
+class HubUnavailable(UserError):
+    """The hub cannot be reached and nothing usable is cached."""
+
+
+class OutputExists(UserError):
+    """An output is present and was not made from this source; --force replaces it."""
+
+
+class InvalidGGUF(UserError):
+    """A file that is not a complete GGUF model."""
+
+
+class ModelNotFound(UserError):
+    """No model file could be located."""
+
+
+class ConversionFailed(ToolkitError):
+    """llama.cpp's converter exited with an error."""
+
+
+class QuantizationFailed(ToolkitError):
+    """llama.cpp's quantizer returned an error."""
+
+
+class LoadFailed(ToolkitError):
+    """llama.cpp could not load a model file."""

@@ -1,0 +1,51 @@
+"""Atomic file writes: a file under its final name is always complete."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def partial_path(final: Path) -> Path:
+    """The temporary name a file is written under before it is renamed into place.
+
+    It does not end in the final suffix, so nothing mistakes it for a finished file.
+    """
+    return final.with_name(f".{final.name}.partial")
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path; rename it to `final` only if the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(final)
+    tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(final: Path, text: str) -> None:
+    with atomic_path(final) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_json_atomic(final: Path, data: Any, indent: int = 2) -> None:
+    write_text_atomic(final, json.dumps(data, ensure_ascii=False, indent=indent) + "\n")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,67 @@
+"""Capture llama.cpp's log instead of letting it spill onto the terminal.
+
+llama.cpp reports progress (tensor i/n while quantizing) and errors only through its log
+callback; we read it to drive progress bars and to give one-line error reasons.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import threading
+from collections import deque
+from typing import Callable, Iterator
+
+
+class LogTail:
+    """The last lines llama.cpp logged, plus an optional per-line hook."""
+
+    def __init__(self, on_line: Callable[[str], None] | None = None, keep: int = 200):
+        self.lines: deque[str] = deque(maxlen=keep)
+        self.on_line = on_line
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def feed(self, text: str) -> None:
+        with self._lock:
+            self._partial += text
+            *complete, self._partial = self._partial.split("\n")
+        for line in complete:
+            self.lines.append(line)
+            if self.on_line is not None:
+                self.on_line(line)
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def last_error(self) -> str | None:
+        for line in reversed(self.lines):
+            low = line.lower()
+            if "error" in low or "failed" in low:
+                return line.strip()
+        return None
+
+
+# Callbacks stay referenced for the life of the process: a worker thread still inside
+# llama.cpp (after Ctrl-C) may call one after its `capture` block has ended.
+_callbacks: list = []
+
+
+@contextlib.contextmanager
+def capture(on_line: Callable[[str], None] | None = None) -> Iterator[LogTail]:
+    import llama_cpp
+    from llama_cpp import _logger
+
+    tail = LogTail(on_line)
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        tail.feed(text.decode("utf-8", errors="replace"))
+
+    _callbacks.append(callback)
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    try:
+        yield tail
+    finally:
+        # Back to llama-cpp-python's own logger (quiet unless verbose).
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))

@@ -1,0 +1,143 @@
+"""The `quantize` verb: source → convert → quantize → manifest, one call.
+
+    quantize("LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct", QuantizeSettings(types=("Q4_K_M", "Q8_0")))
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import gguf, manifest
+from .convert import convert, read_config, resolve_outtype
+from .errors import InvalidGGUF, OutputExists
+from .fsutil import sha256_file
+from .quantizer import DEFAULT_TYPE, QUANT_TYPES, canonical_type, quantize_file, verify_loads
+from .source import Source, fetch, locate
+
+
+@dataclass(frozen=True)
+class QuantizeSettings:
+    types: tuple[str, ...] = (DEFAULT_TYPE,)
+    outtype: str = "auto"  # the intermediate: auto | bf16 | f16 | f32
+    revision: str | None = None
+    output_dir: Path = Path("models")
+    keep_intermediate: bool = False
+    force: bool = False
+    threads: int = 0  # 0: every core
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    type: str
+    path: Path
+    size: int
+    bits_per_weight: float
+    sha256: str
+    seconds: float
+    status: str  # "built" or "skipped"
+    intermediate: bool = False
+
+
+@dataclass
+class QuantizeResult:
+    source: Source
+    directory: Path
+    files: list[OutputFile] = field(default_factory=list)
+    convert_seconds: float | None = None
+
+
+def output_path(directory: Path, name: str, qtype: str) -> Path:
+    return directory / f"{name}-{qtype}.gguf"
+
+
+def _is_valid(path: Path, entry: dict | None, qtype: str) -> bool:
+    """A finished output: recorded for this source, same size, complete, of the right type."""
+    if not entry or entry.get("size") != path.stat().st_size:
+        return False
+    try:
+        return gguf.read(path).file_type == QUANT_TYPES[qtype]
+    except InvalidGGUF:
+        return False
+
+
+def _describe(path: Path, qtype: str, seconds: float, intermediate: bool) -> dict:
+    info = gguf.read(path)
+    return {
+        "type": qtype,
+        "file": path.name,
+        "file_type": info.file_type,
+        "size": path.stat().st_size,
+        "bits_per_weight": round(info.bits_per_weight, 4),
+        "n_params": info.n_params,
+        "sha256": sha256_file(path),
+        "seconds": round(seconds, 2),
+        "intermediate": intermediate,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _output(path: Path, entry: dict, status: str) -> OutputFile:
+    return OutputFile(entry["type"], path, entry["size"], entry["bits_per_weight"], entry["sha256"],
+                      entry["seconds"], status, entry.get("intermediate", False))
+
+
+def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token: str | None = None) -> QuantizeResult:
+    types = list(dict.fromkeys(canonical_type(t) for t in settings.types)) or [DEFAULT_TYPE]
+    source = locate(model, settings.revision, token)
+    directory = settings.output_dir / source.name
+    result = QuantizeResult(source, directory)
+    recorded = manifest.load(directory)
+    same_source = recorded.get("source") == source.identity()
+    man = recorded if same_source else manifest.new(source.identity())
+
+    # Decide everything before any work: skip what is finished, refuse to clobber the rest.
+    todo: list[str] = []
+    for qtype in types:
+        final = output_path(directory, source.name, qtype)
+        if final.exists() and not settings.force:
+            entry = man["files"].get(qtype) if same_source else None
+            if _is_valid(final, entry, qtype):
+                result.files.append(_output(final, entry, "skipped"))
+                continue
+            raise OutputExists(f"{final} exists but was not made by toolkit from this source; --force replaces it")
+        todo.append(qtype)
+    if not todo:
+        return result
+
+    checkpoint = fetch(source, token)
+    inter_type = resolve_outtype(settings.outtype, read_config(checkpoint)).upper()
+    inter_final = output_path(directory, source.name, inter_type)
+    keep = settings.keep_intermediate or inter_type in todo
+    inter_entry = man["files"].get(inter_type)
+    reuse = (same_source and inter_final.exists() and inter_type not in todo
+             and _is_valid(inter_final, inter_entry, inter_type))
+    intermediate = inter_final if (keep or reuse) else directory / f".{source.name}-{inter_type}.intermediate"
+    try:
+        if not reuse:
+            t0 = time.monotonic()
+            convert(checkpoint, intermediate, settings.outtype)
+            result.convert_seconds = time.monotonic() - t0
+            if keep:
+                verify_loads(intermediate)
+                entry = _describe(intermediate, inter_type, result.convert_seconds, intermediate=True)
+                manifest.record(directory, man, inter_type, entry)
+                if inter_type in todo:
+                    result.files.append(_output(intermediate, entry, "built"))
+        for qtype in todo:
+            if qtype == inter_type:
+                continue
+            final = output_path(directory, source.name, qtype)
+            t0 = time.monotonic()
+            quantize_file(intermediate, final, qtype, settings.threads)
+            entry = _describe(final, qtype, time.monotonic() - t0, intermediate=False)
+            manifest.record(directory, man, qtype, entry)
+            result.files.append(_output(final, entry, "built"))
+    finally:
+        if not (keep or reuse):
+            intermediate.unlink(missing_ok=True)
+    order = {t: i for i, t in enumerate(types)}
+    result.files.sort(key=lambda f: order.get(f.type, -1))
+    return result

@@ -1,0 +1,193 @@
+"""Stage 1: where the checkpoint comes from — a local directory or a Hugging Face repo.
+
+`locate` pins the identity of the source (path + fingerprint, or repo + commit) without
+downloading weights, so finished outputs can be recognised before any transfer;
+`fetch` then brings the files the converter needs into the HF cache (resumable).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import console
+from .convert import read_config
+from .errors import GatedRepo, HubUnavailable, NotACheckpoint, RepoNotFound, RevisionNotFound
+
+# What llama.cpp's converter reads; everything else in a repo (other formats, images,
+# `original/` consolidated weights) is left on the hub.
+_CONFIG_FILES = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "tokenizer.model", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "vocab.txt", "merges.txt", "*.tiktoken", "chat_template.jinja", "chat_template.json",
+)
+_SAFETENSORS = ("*.safetensors", "model.safetensors.index.json")
+_PYTORCH_BIN = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+@dataclass
+class Source:
+    """A checkpoint with a stable identity: what the manifest records."""
+
+    kind: str  # "local" or "hub"
+    id: str  # absolute path, or repo id
+    name: str  # short name for output files
+    revision: str | None = None
+    commit: str | None = None
+    fingerprint: str | None = None
+    files: dict[str, int] = field(default_factory=dict)  # hub: file -> size
+    path: Path | None = None  # set once the files are local
+
+    def identity(self) -> dict:
+        d = {"kind": self.kind, "id": self.id}
+        if self.kind == "hub":
+            d.update(revision=self.revision, commit=self.commit)
+        else:
+            d.update(fingerprint=self.fingerprint)
+        return d
+
+
+def _fingerprint(directory: Path) -> str:
+    """Cheap identity of a local checkpoint: names, sizes and mtimes of its files."""
+    h = hashlib.sha256()
+    for p in sorted(directory.iterdir()):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def select_files(repo_files: list[str]) -> list[str]:
+    """The top-level files conversion needs: configs, tokenizer, one weight format."""
+    top = [f for f in repo_files if "/" not in f]
+    weights = _SAFETENSORS if any(f.endswith(".safetensors") for f in top) else _PYTORCH_BIN
+    patterns = _CONFIG_FILES + weights
+    return [f for f in top if any(fnmatch.fnmatch(f, p) for p in patterns)]
+
+
+def locate(model: str, revision: str | None = None, token: str | None = None) -> Source:
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise NotACheckpoint(f"{model}: is a file, not a checkpoint directory")
+        path = path.resolve()
+        read_config(path)  # raises NotACheckpoint without config.json
+        return Source("local", str(path), path.name, fingerprint=_fingerprint(path), path=path)
+    if model.startswith((".", "/", "~")) or os.sep + os.sep in model or model.count("/") > 1 or not _REPO_ID.fullmatch(model):
+        raise NotACheckpoint(f"{model}: no such directory, and not a Hugging Face repo id (owner/name)")
+    return _locate_hub(model, revision, token)
+
+
+def _hub_errors():
+    from huggingface_hub import errors
+
+    return errors
+
+
+def _locate_hub(repo_id: str, revision: str | None, token: str | None) -> Source:
+    from huggingface_hub import HfApi
+
+    errors = _hub_errors()
+    name = repo_id.split("/")[-1]
+    try:
+        info = HfApi().model_info(repo_id, revision=revision, token=token, files_metadata=True)
+    except errors.GatedRepoError:
+        raise GatedRepo(
+            f"{repo_id} is gated: accept its terms on huggingface.co, then set HF_TOKEN to a token with access"
+        ) from None
+    except errors.RevisionNotFoundError:
+        raise RevisionNotFound(f"{repo_id} has no revision {revision!r}") from None
+    except errors.RepositoryNotFoundError:
+        hint = "check the id" if token or os.environ.get("HF_TOKEN") else "if it is private, set HF_TOKEN"
+        raise RepoNotFound(f"{repo_id}: no such model on the hub or no access ({hint})") from None
+    except errors.OfflineModeIsEnabled:
+        return _cached_source(repo_id, name, revision)
+    except (OSError, errors.HfHubHTTPError) as e:
+        if _is_connection_error(e):
+            return _cached_source(repo_id, name, revision)
+        raise
+    files = {s.rfilename: (s.size or 0) for s in (info.siblings or [])}
+    wanted = select_files(list(files))
+    if "config.json" not in wanted:
+        raise NotACheckpoint(f"{repo_id}: the repo has no config.json, so it is not a transformers checkpoint")
+    if not any(f.endswith((".safetensors", ".bin")) for f in wanted):
+        raise NotACheckpoint(f"{repo_id}: the repo has no safetensors or pytorch weights (a GGUF-only repo?)")
+    return Source("hub", repo_id, name, revision=revision or "main", commit=info.sha,
+                  files={f: files[f] for f in wanted})
+
+
+def _is_connection_error(e: Exception) -> bool:
+    text = f"{type(e).__name__} {e}".lower()
+    return any(w in text for w in ("connect", "timeout", "timed out", "resolve", "network", "unreachable"))
+
+
+def _cached_source(repo_id: str, name: str, revision: str | None) -> Source:
+    """Offline: use the snapshot already in the HF cache, if there is one."""
+    from huggingface_hub import snapshot_download
+
+    errors = _hub_errors()
+    try:
+        local = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except (errors.LocalEntryNotFoundError, FileNotFoundError, ValueError, OSError):
+        raise HubUnavailable(f"{repo_id}: the hub cannot be reached and the model is not in the HF cache") from None
+    read_config(local)
+    return Source("hub", repo_id, name, revision=revision or "main", commit=local.name, path=local)
+
+
+def fetch(source: Source, token: str | None = None) -> Path:
+    """Make the source's files local (hub: only what conversion needs; resumable)."""
+    if source.path is not None:
+        return source.path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    total = sum(source.files.values())
+    done = threading.Event()
+    cache_dir = _repo_cache_dir(source.id)
+    start = _dir_bytes(cache_dir)
+    disable_progress_bars()  # rich shows one bar for the whole transfer instead
+    try:
+        with console.byte_progress() as progress:
+            task = progress.add_task(f"download {source.id}", total=total or None)
+
+            def watch() -> None:
+                while not done.wait(0.5):
+                    progress.update(task, completed=min(total, _dir_bytes(cache_dir) - start))
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            try:
+                local = snapshot_download(source.id, revision=source.commit, allow_patterns=list(source.files),
+                                          token=token)
+            finally:
+                done.set()
+                watcher.join()
+            progress.update(task, completed=total)
+    finally:
+        enable_progress_bars()
+    source.path = Path(local)
+    return source.path
+
+
+def _repo_cache_dir(repo_id: str) -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
