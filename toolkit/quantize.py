@@ -112,7 +112,7 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
     inter_final = output_path(directory, source.name, inter_type)
     keep = settings.keep_intermediate or inter_type in todo
     inter_entry = man["files"].get(inter_type)
-    reuse = (same_source and inter_final.exists() and inter_type not in todo
+    reuse = (not settings.force and same_source and inter_final.exists() and inter_type not in todo
              and _is_valid(inter_final, inter_entry, inter_type))
     intermediate = inter_final if (keep or reuse) else directory / f".{source.name}-{inter_type}.intermediate"
     try:

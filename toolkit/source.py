@@ -108,7 +108,7 @@ def _locate_hub(repo_id: str, revision: str | None, token: str | None) -> Source
         raise RepoNotFound(f"{repo_id}: no such model on the hub or no access ({hint})") from None
     except errors.OfflineModeIsEnabled:
         return _cached_source(repo_id, name, revision)
-    except (OSError, errors.HfHubHTTPError) as e:
+    except Exception as e:  # httpx, requests and OS errors all mean "no hub" here
         if _is_connection_error(e):
             return _cached_source(repo_id, name, revision)
         raise
@@ -141,10 +141,9 @@ def _cached_source(repo_id: str, name: str, revision: str | None) -> Source:
 
 
 def fetch(source: Source, token: str | None = None) -> Path:
-    """Make the source's files local (hub: only what conversion needs; resumable)."""
+    """Make the source's files local (hub: only what conversion needs), resuming partial downloads."""
     if source.path is not None:
         return source.path
-    from huggingface_hub import snapshot_download
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
     total = sum(source.files.values())
@@ -163,16 +162,60 @@ def fetch(source: Source, token: str | None = None) -> Path:
             watcher = threading.Thread(target=watch, daemon=True)
             watcher.start()
             try:
-                local = snapshot_download(source.id, revision=source.commit, allow_patterns=list(source.files),
-                                          token=token)
+                snapshot = _download_snapshot(source, cache_dir, token)
             finally:
                 done.set()
                 watcher.join()
             progress.update(task, completed=total)
     finally:
         enable_progress_bars()
-    source.path = Path(local)
-    return source.path
+    source.path = snapshot
+    return snapshot
+
+
+def _download_snapshot(source: Source, cache_dir: Path, token: str | None) -> Path:
+    """Fill the HF cache (blobs/, snapshots/<commit>/, refs/) with the selected files.
+
+    We do this file by file rather than with snapshot_download because huggingface_hub
+    1.18+ restarts interrupted downloads from zero (huggingface/huggingface_hub#4196);
+    here a partial `blobs/<etag>.incomplete` is continued with an HTTP Range request.
+    """
+    from filelock import FileLock
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    snapshot = cache_dir / "snapshots" / source.commit
+    for name in source.files:
+        target = snapshot / name
+        if target.exists():
+            continue
+        try:
+            meta = get_hf_file_metadata(hf_hub_url(source.id, name, revision=source.commit), token=token)
+            blob = cache_dir / "blobs" / meta.etag
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            lock = cache_dir.parent / ".locks" / cache_dir.name / f"{meta.etag}.lock"
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(lock)):  # the same lock huggingface_hub takes for this blob
+                if not blob.exists():
+                    partial = blob.with_name(blob.name + ".incomplete")
+                    with open(partial, "ab") as f:
+                        http_get(meta.location, f, resume_size=f.tell(), headers=build_hf_headers(token=token),
+                                 expected_size=meta.size)
+                    os.replace(partial, blob)
+        except Exception as e:
+            if _is_connection_error(e):
+                raise HubUnavailable(f"download of {source.id} interrupted ({type(e).__name__}); "
+                                     "rerun the same command to resume") from None
+            raise
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        target.symlink_to(os.path.relpath(blob, target.parent))
+    if source.revision and source.revision != source.commit:
+        ref = cache_dir / "refs" / source.revision
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(source.commit)  # so the snapshot is found offline by its branch name
+    return snapshot
 
 
 def _repo_cache_dir(repo_id: str) -> Path:

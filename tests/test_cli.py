@@ -1,0 +1,45 @@
+"""Errors reach the user as one line and an exit code; -v adds the traceback."""
+
+from conftest import run_cli
+
+
+def test_unknown_quant_type_lists_valid_types():
+    r = run_cli("quantize", ".", "--type", "q4_k_xl")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0
+    assert "unknown quantization type 'q4_k_xl'" in r.stderr and "Q4_K_M" in r.stderr and "IQ4_XS" in r.stderr
+
+
+def test_directory_without_config(tmp_path):
+    r = run_cli("quantize", str(tmp_path))
+    assert r.returncode == 2 and "no config.json" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("-v", "quantize", str(tmp_path))
+    assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+def test_any_type_as_a_flag_or_type_list(smollm2_hf, tmp_path):
+    r = run_cli("quantize", str(smollm2_hf), "--q6_k", "--type", "q5_k_m,Q4_0", "--output-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in (tmp_path / "SmolLM2-135M-Instruct").glob("*.gguf"))
+    assert names == ["SmolLM2-135M-Instruct-Q4_0.gguf", "SmolLM2-135M-Instruct-Q5_K_M.gguf",
+                     "SmolLM2-135M-Instruct-Q6_K.gguf"]
+
+
+def test_imatrix_type_is_a_user_error(smollm2_hf, tmp_path):
+    r = run_cli("quantize", str(smollm2_hf), "--iq2_xxs", "--output-dir", str(tmp_path))
+    assert r.returncode == 2 and "importance matrix" in r.stderr
+    assert not list(tmp_path.rglob("*.gguf"))
+
+
+def test_help_lists_the_commands():
+    r = run_cli("--help")
+    for cmd in ("setup", "doctor", "quantize", "inspect", "demo"):
+        assert cmd in r.stdout
+
+
+def test_demo_quantizes_the_embedded_model(tmp_path):
+    r = run_cli("demo", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "models" / "SmolLM2-135M-Instruct" / "SmolLM2-135M-Instruct-Q4_K_M.gguf"
+    assert out.is_file()
+    assert "Q4_K_M" in r.stdout and "architecture     llama" in r.stdout

@@ -1,0 +1,73 @@
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+from toolkit import gguf
+from toolkit.convert import checkpoint_dtype, convert, resolve_outtype
+from toolkit.errors import NotACheckpoint, UnsupportedArchitecture, UserError
+
+
+@pytest.mark.parametrize("config,expected", [
+    ({"torch_dtype": "bfloat16"}, "bf16"),
+    ({"dtype": "bfloat16"}, "bf16"),  # transformers 5 spelling
+    ({"torch_dtype": "float16"}, "f16"),
+    ({"torch_dtype": "float32"}, "f16"),
+    ({}, "f16"),
+    ({"text_config": {"dtype": "bfloat16"}}, "bf16"),  # multimodal configs nest it
+])
+def test_auto_outtype_follows_checkpoint_dtype(config, expected):
+    assert resolve_outtype("auto", config) == expected
+
+
+def test_explicit_outtype_wins_and_unknown_is_refused():
+    assert resolve_outtype("F32", {"dtype": "bfloat16"}) == "f32"
+    with pytest.raises(UserError):
+        resolve_outtype("q8", {})
+    assert checkpoint_dtype({"torch_dtype": "bfloat16"}) == "bfloat16"
+
+
+def test_converts_real_checkpoint_to_bf16(smollm2_bf16):
+    info = gguf.read(smollm2_bf16)
+    assert info.architecture == "llama"
+    assert info.file_type_name == "BF16"
+    assert info.tensor_type_counts() == {"BF16": 211, "F32": 61}
+    assert info.metadata["tokenizer.ggml.pre"] == "smollm"
+    assert "<|im_start|>" in info.chat_template
+
+
+def test_directory_without_config_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(NotACheckpoint, match="config.json"):
+        convert(tmp_path, tmp_path / "x.gguf", "auto")
+
+
+def test_unsupported_architecture_gives_the_converters_reason(smollm2_hf, tmp_path):
+    ckpt = tmp_path / "weird"
+    shutil.copytree(smollm2_hf, ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["architectures"] = ["HangulMagicForCausalLM"]
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedArchitecture, match="HangulMagicForCausalLM is not supported"):
+        convert(ckpt, tmp_path / "out" / "weird-F16.gguf", "auto")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_ctrl_c_during_conversion_leaves_nothing_that_looks_finished(smollm2_hf, tmp_path):
+    out = tmp_path / "models"
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "quantize", str(smollm2_hf), "--output-dir", str(out)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    # Wait until the converter is writing its temporary file, then interrupt.
+    while time.monotonic() < deadline and not list(out.glob("*/*.partial")):
+        time.sleep(0.05)
+    assert list(out.glob("*/*.partial")), "conversion never started"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    # No GGUF, no partial, no intermediate: nothing at all is left.
+    assert [p for p in out.rglob("*") if p.is_file()] == []

@@ -1,0 +1,24 @@
+import json
+
+from conftest import run_cli
+from toolkit import versions
+
+
+def test_doctor_json_reports_the_installation(converter):
+    r = run_cli("doctor", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["llama_cpp_python"] == rep["llama_cpp_python_pinned"] == versions.LLAMA_CPP_PYTHON
+    assert rep["llama_cpp_commit"] == converter.commit
+    assert rep["converter"] == str(converter.script)
+    assert isinstance(rep["gpu_offload"], bool)
+    assert any(d["kind"] == "CPU" for d in rep["devices"])
+    gpus = [d for d in rep["devices"] if d["kind"] == "GPU"]
+    assert all(d["total_bytes"] >= d["free_bytes"] > 0 for d in gpus)
+    assert rep["torch"].startswith("2.") and rep["python"]
+
+
+def test_doctor_text():
+    r = run_cli("doctor")
+    assert r.returncode == 0
+    assert "llama cpp commit" in r.stdout and "gpu offload" in r.stdout and "torch" in r.stdout

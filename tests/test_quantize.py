@@ -1,0 +1,111 @@
+"""End to end on real checkpoints: SmolLM2 (llama) and gemma-3-270m (gemma3)."""
+
+import json
+
+import pytest
+from llama_cpp import Llama
+
+from conftest import run_cli
+from toolkit import gguf
+from toolkit.errors import OutputExists
+from toolkit.fsutil import sha256_file
+from toolkit.quantize import QuantizeSettings, quantize
+
+
+def generate(path, prompt="The capital of France is", n=8):
+    llm = Llama(model_path=str(path), n_ctx=128, n_gpu_layers=0, verbose=False, seed=0)
+    out = llm.create_completion(prompt, max_tokens=n, temperature=0.0)
+    return out["choices"][0]["text"], out["usage"]["completion_tokens"]
+
+
+def test_q4_k_m_and_q8_0_have_the_right_types(smollm2_quantized):
+    q4, q8 = smollm2_quantized.files
+    assert (q4.type, q8.type) == ("Q4_K_M", "Q8_0")
+    assert q4.path.name == "SmolLM2-135M-Instruct-Q4_K_M.gguf"
+    i4, i8 = gguf.read(q4.path), gguf.read(q8.path)
+    assert i4.file_type == 15 and i8.file_type == 7
+    # Q8_0: every matrix is Q8_0, only the 1-d norms stay F32.
+    assert i8.tensor_type_counts() == {"Q8_0": 211, "F32": 61}
+    # Q4_K_M mixes Q4_K with Q6_K; rows of 576 (not a multiple of 256) fall back to Q5_0/Q8_0.
+    types4 = i4.tensor_type_counts()
+    assert {"Q4_K", "Q6_K"} <= set(types4) and types4["F32"] == 61
+    assert i4.n_params == i8.n_params == 134515008
+    assert q4.size < q8.size
+
+
+def test_each_output_loads_and_generates(smollm2_quantized):
+    for f in smollm2_quantized.files:
+        text, n = generate(f.path)
+        assert n > 0 and text.strip()
+
+
+def test_manifest_matches_the_files(smollm2_quantized):
+    directory = smollm2_quantized.directory
+    man = json.loads((directory / "manifest.json").read_text())
+    assert man["source"]["kind"] == "local"
+    assert man["source"]["id"] == str(smollm2_quantized.source.path)
+    assert man["llama_cpp"]["llama_cpp_python"] == "0.3.36"
+    assert set(man["files"]) == {"Q4_K_M", "Q8_0"}
+    for qtype, entry in man["files"].items():
+        path = directory / entry["file"]
+        assert entry["size"] == path.stat().st_size
+        assert entry["sha256"] == sha256_file(path)
+        assert entry["file_type"] == gguf.read(path).file_type
+        assert entry["bits_per_weight"] == pytest.approx(gguf.read(path).bits_per_weight, abs=1e-3)
+        assert entry["seconds"] > 0
+    # The intermediate was not kept.
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "SmolLM2-135M-Instruct-Q4_K_M.gguf", "SmolLM2-135M-Instruct-Q8_0.gguf", "manifest.json"]
+
+
+def test_rerun_skips_finished_outputs(smollm2_quantized):
+    before = {f.path: f.path.stat().st_mtime_ns for f in smollm2_quantized.files}
+    again = quantize(str(smollm2_quantized.source.path),
+                     QuantizeSettings(types=("Q8_0", "Q4_K_M"), output_dir=smollm2_quantized.directory.parent))
+    assert [f.status for f in again.files] == ["skipped", "skipped"]
+    assert again.convert_seconds is None
+    assert {f.path: f.path.stat().st_mtime_ns for f in again.files} == before
+
+
+def test_output_from_another_source_is_not_clobbered(smollm2_hf, tmp_path):
+    target = tmp_path / "SmolLM2-135M-Instruct" / "SmolLM2-135M-Instruct-Q4_K_M.gguf"
+    target.parent.mkdir()
+    target.write_bytes(b"someone else's file")
+    with pytest.raises(OutputExists, match="--force"):
+        quantize(str(smollm2_hf), QuantizeSettings(output_dir=tmp_path))
+    assert target.read_bytes() == b"someone else's file"
+    # and through the CLI: exit 2, one line, file untouched
+    r = run_cli("quantize", str(smollm2_hf), "--output-dir", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--force" in r.stderr
+    assert target.read_bytes() == b"someone else's file"
+
+
+def test_force_and_keep_intermediate(smollm2_hf, tmp_path):
+    settings = QuantizeSettings(types=("Q8_0",), output_dir=tmp_path, keep_intermediate=True)
+    first = quantize(str(smollm2_hf), settings)
+    directory = first.directory
+    inter = directory / "SmolLM2-135M-Instruct-BF16.gguf"
+    assert gguf.read(inter).file_type_name == "BF16"
+    man = json.loads((directory / "manifest.json").read_text())
+    assert man["files"]["BF16"]["intermediate"] is True
+    # A new type reuses the kept intermediate: no second conversion.
+    second = quantize(str(smollm2_hf), QuantizeSettings(types=("Q8_0", "Q6_K"), output_dir=tmp_path))
+    assert second.convert_seconds is None
+    assert [f.status for f in second.files] == ["skipped", "built"]
+    forced = quantize(str(smollm2_hf), QuantizeSettings(types=("Q8_0",), output_dir=tmp_path, force=True))
+    assert forced.files[0].status == "built" and forced.convert_seconds is not None
+    assert set(json.loads((directory / "manifest.json").read_text())["files"]) == {"BF16", "Q8_0", "Q6_K"}
+
+
+def test_second_architecture_gemma3(gemma3_hf, tmp_path):
+    result = quantize(str(gemma3_hf), QuantizeSettings(types=("Q4_K_M", "Q8_0"), output_dir=tmp_path))
+    q4, q8 = (gguf.read(f.path) for f in result.files)
+    assert q4.architecture == q8.architecture == "gemma3"
+    assert (q4.file_type, q8.file_type) == (15, 7)
+    assert "Q4_K" in q4.tensor_type_counts() and "Q8_0" in q8.tensor_type_counts()
+    assert q4.n_params == q8.n_params == 268098176
+    # transformers' rebuild carries no SentencePiece model, so the converter takes the BPE path.
+    assert q8.metadata["tokenizer.ggml.model"] == "gpt2"
+    for f in result.files:
+        text, n = generate(f.path, "Seoul is the capital of")
+        assert n > 0

@@ -1,0 +1,61 @@
+import llama_cpp
+import pytest
+
+from toolkit import gguf
+from toolkit.errors import ImatrixRequired, QuantizationFailed, UnknownQuantType
+from toolkit.quantizer import QUANT_TYPES, canonical_type, needs_imatrix, quantize_file
+
+
+@pytest.mark.parametrize("given,expected", [
+    ("q4_k_m", "Q4_K_M"), ("Q8_0", "Q8_0"), ("iq4_xs", "IQ4_XS"), ("q4_k", "Q4_K_M"),
+    ("Q5_K", "Q5_K_M"), ("bf16", "BF16"), ("f32", "F32"), (" q6_k ", "Q6_K"), ("q4-k-m", "Q4_K_M"),
+])
+def test_type_names_are_case_insensitive_with_aliases(given, expected):
+    assert canonical_type(given) == expected
+
+
+def test_unknown_type_lists_the_valid_ones():
+    with pytest.raises(UnknownQuantType) as e:
+        canonical_type("q4_k_xl")
+    message = str(e.value)
+    assert "'q4_k_xl'" in message
+    for name in ("Q4_K_M", "Q8_0", "IQ4_XS", "Q2_K", "BF16"):
+        assert name in message
+
+
+def test_every_type_is_a_llama_cpp_ftype():
+    for name, ftype in QUANT_TYPES.items():
+        assert getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name}", None) == ftype or name == "F32"
+
+
+def test_quantizer_reports_which_types_need_an_imatrix(smollm2_bf16):
+    assert needs_imatrix(smollm2_bf16, "IQ2_XXS")
+    assert needs_imatrix(smollm2_bf16, "Q2_K_S")
+    assert not needs_imatrix(smollm2_bf16, "Q4_K_M")
+    assert not needs_imatrix(smollm2_bf16, "IQ4_XS")
+
+
+def test_imatrix_type_is_refused_clearly_and_writes_nothing(smollm2_bf16, tmp_path):
+    with pytest.raises(ImatrixRequired, match="importance matrix"):
+        quantize_file(smollm2_bf16, tmp_path / "x-IQ2_XXS.gguf", "IQ2_XXS")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_iq4_xs_works_without_imatrix(smollm2_bf16, tmp_path):
+    out = tmp_path / "x-IQ4_XS.gguf"
+    quantize_file(smollm2_bf16, out, "IQ4_XS")
+    info = gguf.read(out)
+    assert info.file_type == QUANT_TYPES["IQ4_XS"]
+    assert "IQ4_XS" in info.tensor_type_counts()
+
+
+def test_failure_mid_write_leaves_no_file(smollm2_bf16, tmp_path, monkeypatch):
+    def half_then_fail(src, dst, params):
+        with open(dst, "wb") as f:  # what a crash or a full disk leaves behind
+            f.write(b"GGUF" + b"\0" * 1000)
+        return 1
+
+    monkeypatch.setattr(llama_cpp, "llama_model_quantize", half_then_fail)
+    with pytest.raises(QuantizationFailed):
+        quantize_file(smollm2_bf16, tmp_path / "x-Q4_K_M.gguf", "Q4_K_M")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,153 @@
+"""The hub path against a fake endpoint (no network), and local-path checks."""
+
+import json
+import shutil
+
+import pytest
+
+from conftest import run_cli
+from fakehub import FakeHub
+from toolkit.errors import NotACheckpoint
+from toolkit.source import locate, select_files
+
+SECRET = "hf_SECRETtokenNEVERprinted123"
+
+
+def test_select_files_takes_one_weight_format_and_no_subfolders():
+    files = ["config.json", "tokenizer.json", "tokenizer_config.json", "model-00001-of-00002.safetensors",
+             "model-00002-of-00002.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+             "original/consolidated.00.pth", "original/model.safetensors", "README.md", "model.gguf",
+             "generation_config.json", "special_tokens_map.json", "tokenizer.model"]
+    assert sorted(select_files(files)) == sorted([
+        "config.json", "tokenizer.json", "tokenizer_config.json", "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors", "model.safetensors.index.json", "generation_config.json",
+        "special_tokens_map.json", "tokenizer.model"])
+    assert "pytorch_model.bin" in select_files(["config.json", "pytorch_model.bin", "vocab.json", "merges.txt"])
+
+
+def test_local_paths(tmp_path):
+    with pytest.raises(NotACheckpoint, match="config.json"):
+        locate(str(tmp_path))
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(NotACheckpoint, match="is a file"):
+        locate(str(tmp_path / "weights.bin"))
+    with pytest.raises(NotACheckpoint, match="no such directory"):
+        locate(str(tmp_path / "missing"))
+    with pytest.raises(NotACheckpoint, match="no such directory"):
+        locate("./not/a/repo/id")
+
+
+def test_local_identity_changes_when_the_checkpoint_changes(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    first = locate(str(tmp_path))
+    assert first.kind == "local" and first.name == tmp_path.name
+    (tmp_path / "model.safetensors").write_bytes(b"new weights")
+    assert locate(str(tmp_path)).fingerprint != first.fingerprint
+
+
+@pytest.fixture(scope="module")
+def hub(smollm2_hf, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("repo")
+    for p in smollm2_hf.iterdir():
+        if p.is_file() and not p.name.startswith("."):
+            shutil.copy(p, repo / p.name)
+    (repo / "README.md").write_text("# not needed for conversion\n")
+    (repo / "pytorch_model.bin").write_bytes(b"a second weight format that must not be downloaded")
+    with FakeHub() as fake:
+        fake.add("team/smol-ko", repo)
+        fake.add("team/private-ko", repo)
+        fake.private["team/private-ko"] = SECRET
+        fake.gated.add("team/gated-ko")
+        yield fake
+
+
+def hub_env(hub, tmp_path, **extra):
+    env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.update(extra)
+    return env
+
+
+def test_hub_download_convert_quantize_and_rerun(hub, tmp_path):
+    env = hub_env(hub, tmp_path)
+    out = tmp_path / "models"
+    r = run_cli("quantize", "team/smol-ko", "--q8_0", "--output-dir", str(out), env=env)
+    assert r.returncode == 0, r.stderr
+    gguf_path = out / "smol-ko" / "smol-ko-Q8_0.gguf"
+    assert gguf_path.is_file()
+    man = json.loads((out / "smol-ko" / "manifest.json").read_text())
+    assert man["source"] == {"kind": "hub", "id": "team/smol-ko", "revision": "main",
+                             "commit": hub.repos["team/smol-ko"][1]}
+    fetched = {p.rsplit("/", 1)[-1] for m, p, _ in hub.requests if m == "GET" and "/resolve/" in p}
+    assert "README.md" not in fetched and "pytorch_model.bin" not in fetched
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= fetched
+
+    # Rerun: same commit, so nothing is downloaded or rebuilt.
+    n = len(hub.requests)
+    r = run_cli("quantize", "team/smol-ko", "--q8_0", "--output-dir", str(out), env=env)
+    assert r.returncode == 0 and "skipped" in r.stdout
+    assert not any("/resolve/" in p for _, p, _ in hub.requests[n:])
+
+    # Offline with a warm cache: works without asking the hub.
+    n = len(hub.requests)
+    r = run_cli("quantize", "team/smol-ko", "--q8_0", "--output-dir", str(out), env={**env, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    assert len(hub.requests) == n
+
+
+def test_unreachable_hub_falls_back_to_the_cache(hub, tmp_path):
+    env = hub_env(hub, tmp_path)
+    out = tmp_path / "models"
+    assert run_cli("quantize", "team/smol-ko", "--q8_0", "--output-dir", str(out), env=env).returncode == 0
+    dead = {**env, "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there
+    r = run_cli("quantize", "team/smol-ko", "--q8_0", "--output-dir", str(tmp_path / "again"), env=dead)
+    assert r.returncode == 0, r.stderr
+    # An uncached repo with no hub: a clear one-line error.
+    r = run_cli("quantize", "team/never-seen", "--output-dir", str(out), env=dead)
+    assert r.returncode == 2 and "cannot be reached" in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+def test_missing_repo_says_to_set_hf_token(hub, tmp_path):
+    r = run_cli("quantize", "team/no-such-model", env=hub_env(hub, tmp_path))
+    assert r.returncode == 2
+    assert "no such model" in r.stderr and "HF_TOKEN" in r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+def test_private_repo_needs_the_token_which_is_never_printed(hub, tmp_path):
+    r = run_cli("quantize", "team/private-ko", "--output-dir", str(tmp_path / "m"), env=hub_env(hub, tmp_path))
+    assert r.returncode == 2 and "HF_TOKEN" in r.stderr
+    r = run_cli("quantize", "team/private-ko", "--q8_0", "--output-dir", str(tmp_path / "m"),
+                env=hub_env(hub, tmp_path, HF_TOKEN=SECRET))
+    assert r.returncode == 0, r.stderr
+    assert SECRET not in r.stdout + r.stderr
+    assert any(h.get("authorization") == f"Bearer {SECRET}" for _, _, h in hub.requests)
+
+
+def test_gated_repo(hub, tmp_path):
+    for extra in ({}, {"HF_TOKEN": SECRET}):
+        r = run_cli("quantize", "team/gated-ko", env=hub_env(hub, tmp_path, **extra))
+        assert r.returncode == 2 and "gated" in r.stderr and "HF_TOKEN" in r.stderr
+        assert SECRET not in r.stdout + r.stderr
+
+
+def test_unknown_revision(hub, tmp_path):
+    r = run_cli("quantize", "team/smol-ko", "--revision", "v9", env=hub_env(hub, tmp_path))
+    assert r.returncode == 2 and "no revision 'v9'" in r.stderr
+
+
+def test_interrupted_download_resumes(hub, tmp_path):
+    """A partial blob left by a killed download is continued with a Range request."""
+    import hashlib
+
+    env = hub_env(hub, tmp_path)
+    repo_dir, _ = hub.repos["team/smol-ko"]
+    data = (repo_dir / "model.safetensors").read_bytes()
+    blobs = tmp_path / "hf" / "hub" / "models--team--smol-ko" / "blobs"
+    blobs.mkdir(parents=True)
+    half = len(data) // 2
+    (blobs / (hashlib.sha256(data).hexdigest() + ".incomplete")).write_bytes(data[:half])
+    n = len(hub.requests)
+    r = run_cli("quantize", "team/smol-ko", "--q8_0", "--output-dir", str(tmp_path / "m"), env=env)
+    assert r.returncode == 0, r.stderr
+    ranges = [h.get("range") for m, p, h in hub.requests[n:] if m == "GET" and p.endswith("model.safetensors")]
+    assert ranges == [f"bytes={half}-"]
