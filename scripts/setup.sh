@@ -48,7 +48,8 @@ int main(void) {
 C
   local rc=1
   if "${CC:-cc}" -O1 -mamx-tile "$dir/probe.c" -o "$dir/probe" 2>/dev/null; then
-    if ! "$dir/probe" 2>/dev/null; then rc=0; fi
+    # The subshell keeps bash's "Illegal instruction" report off the terminal.
+    if ! ( "$dir/probe" ) >/dev/null 2>&1; then rc=0; fi
   fi
   rm -rf "$dir"
   return $rc

@@ -16,7 +16,7 @@ from rich.progress import (
 )
 
 err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+out = Console(highlight=False, soft_wrap=True)
 
 
 def notice(message: str) -> None:

