@@ -36,9 +36,14 @@ def smollm2_hf(converter) -> Path:
 
 
 @pytest.fixture(scope="session")
-def gemma3_hf(converter) -> Path:
-    cache = vendor.cache_root() / "checkpoints"
-    return embedded.rebuild_checkpoint(embedded.gemma3_gguf(cache), cache / "gemma-3-270m")
+def gemma3_gguf() -> Path:
+    """gemma-3-270m Q4_K_M, a base model: its GGUF has no chat template."""
+    return embedded.gemma3_gguf(vendor.cache_root() / "checkpoints")
+
+
+@pytest.fixture(scope="session")
+def gemma3_hf(converter, gemma3_gguf) -> Path:
+    return embedded.rebuild_checkpoint(gemma3_gguf, vendor.cache_root() / "checkpoints" / "gemma-3-270m")
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from pathlib import Path
 from . import __version__, console
 from .errors import ToolkitError
 from .quantizer import DEFAULT_TYPE, QUANT_TYPES
+from .sampler import SamplingParams
 
 
 def _add_quantize(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +35,42 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="quantizer threads (default: all cores)")
 
 
+def _add_infer(sub: argparse._SubParsersAction) -> None:
+    d = SamplingParams()
+    p = sub.add_parser("infer", help="answer every question of a competition JSON file with a GGUF model",
+                       description="Build the competition prompts, sample as HF generate does (the seed's "
+                                   "defaults), and write the same JSON back with output.answer on every item. "
+                                   "Default output: <input stem>.<model stem>.json beside the input.")
+    p.add_argument("input", type=Path, help="competition JSON (a list of {id, input: {question_type, question}})")
+    p.add_argument("--model", type=Path, help="GGUF file (default: the only one under models/, else the embedded model)")
+    p.add_argument("--output", type=Path, help="where to write (default: <input stem>.<model stem>.json)")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="start over instead of keeping answers already in the output")
+    p.add_argument("--dry-run", action="store_true",
+                   help="write each item's rendered prompt and its token count instead of generating")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    g = p.add_argument_group("prompts")
+    g.add_argument("--system-prompt", help="system message (text or @file; default: the seed's)")
+    g.add_argument("--selection-prompt", help="instruction for 선택형 (text or @file)")
+    g.add_argument("--correction-prompt", help="instruction for 교정형 (text or @file)")
+    g.add_argument("--prompts", type=Path, help="TOML with system / selection / correction / generic")
+    g.add_argument("--chat-template", type=Path, help="jinja chat template to use instead of the model's")
+    g = p.add_argument_group("sampling (HF generate semantics)")
+    g.add_argument("--temperature", type=float, default=d.temperature)
+    g.add_argument("--top-p", type=float, default=d.top_p)
+    g.add_argument("--top-k", type=int, default=d.top_k, help="0 turns top-k off")
+    g.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty)
+    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    g.add_argument("--greedy", action="store_true", help="do_sample=False: argmax after the repetition penalty")
+    g.add_argument("--num-beams", type=int, default=d.num_beams, help="only 1: beam search is not supported")
+    g.add_argument("--seed", type=int, default=d.seed, help="same seed, same answers (per item)")
+    g = p.add_argument_group("loading")
+    g.add_argument("--n-gpu-layers", type=int, default=-1, help="layers on the GPU (default -1: all)")
+    g.add_argument("--n-ctx", type=int, help="context size (default: longest prompt + max-new-tokens)")
+    g.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    g.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="toolkit",
@@ -55,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    sub.add_parser("demo", help="quantize the embedded SmolLM2-135M-Instruct and show the result")
+    _add_infer(sub)
+
+    sub.add_parser("demo", help="quantize the embedded SmolLM2-135M-Instruct and answer the bundled sample questions")
     return parser
 
 
@@ -147,17 +186,70 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def infer_settings(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from .engine import EngineSettings
+    from .infer import InferSettings
+    from .prompts import PromptSet, load_prompt_file, text_or_file
+
+    prompts = load_prompt_file(args.prompts) if args.prompts else PromptSet()
+    overrides = {"system": args.system_prompt, "selection": args.selection_prompt,
+                 "correction": args.correction_prompt}
+    prompts = replace(prompts, **{k: text_or_file(v) for k, v in overrides.items() if v is not None})
+    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                              repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+                              do_sample=not args.greedy, num_beams=args.num_beams, seed=args.seed)
+    engine = EngineSettings(n_gpu_layers=args.n_gpu_layers, n_ctx=args.n_ctx, threads=args.threads,
+                            flash_attn={"auto": None, "on": True, "off": False}[args.flash_attn])
+    return InferSettings(model=args.model, output=args.output, sampling=sampling, engine=engine,
+                         prompts=prompts, chat_template=args.chat_template, resume=args.resume,
+                         dry_run=args.dry_run)
+
+
+def print_infer_result(r, as_json: bool = False) -> None:
+    summary = {
+        "output": str(r.output), "model": str(r.model), "items": r.items, "resumed": r.resumed,
+        "generated": r.generated, "prompt_tokens": r.prompt_tokens, "new_tokens": r.new_tokens,
+        "seconds": round(r.seconds, 2), "tokens_per_second": round(r.tokens_per_second, 2),
+        "cut_at_max_new_tokens": r.cut_at_max_tokens, "missing_answer_form": r.missing_form,
+        "answer_form_checked": r.form_checked,
+    }
+    if as_json:
+        print(json.dumps(summary, ensure_ascii=False))
+        return
+    console.out.print(f"wrote {r.output}: {r.items} items ({r.generated} generated, {r.resumed} resumed)")
+    console.out.print(f"{r.new_tokens} new tokens in {r.seconds:.1f} s = {r.tokens_per_second:.1f} tok/s"
+                      f" (prompts: {r.prompt_tokens} tokens); {r.cut_at_max_tokens} cut at max-new-tokens")
+    if r.form_checked:
+        console.out.print(f'{r.missing_form} of {r.form_checked} 선택형/교정형 answers lack the "…"가 옳다 form')
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from .infer import infer
+
+    result = infer(args.input, infer_settings(args))
+    if args.dry_run:
+        console.out.print(f"wrote {result.items} rendered prompts to {result.output}")
+    else:
+        print_infer_result(result, args.json)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
-    result = demo.run()
-    print_quantize_result(result)
-    print_inspect(result.files[0].path)
+    quantized, answers = demo.run()
+    print_quantize_result(quantized)
+    print_inspect(quantized.files[0].path)
+    print_infer_result(answers)
+    for item in json.loads(answers.output.read_text(encoding="utf-8"))[:3]:
+        console.out.print(f"\n[bold]{item['id']}[/bold] {item['input']['question']}\n→ {item['output']['answer']}")
     return 0
 
 
 COMMANDS = {"setup": cmd_setup, "doctor": cmd_doctor, "quantize": cmd_quantize,
-            "inspect": cmd_inspect, "demo": cmd_demo}
+            "inspect": cmd_inspect, "infer": cmd_infer, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,11 +1,23 @@
-"""The demo: the embedded SmolLM2-135M-Instruct, rebuilt as an HF checkpoint, quantized."""
+"""The demo: the embedded SmolLM2-135M-Instruct, rebuilt as an HF checkpoint, quantized to
+Q4_K_M, then answering the bundled sample questions."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from importlib import resources
 from pathlib import Path
 
 from . import embedded, vendor
+from .infer import InferResult, InferSettings, infer
 from .quantize import QuantizeResult, QuantizeSettings, quantize
+from .sampler import SamplingParams
+
+# A 135M model rambles; a shorter budget keeps the demo to a minute on two cores.
+DEMO_MAX_NEW_TOKENS = 128
+
+
+def samples_path() -> Path:
+    return Path(str(resources.files("toolkit").joinpath("data", "samples.json")))
 
 
 def checkpoint() -> Path:
@@ -14,5 +26,9 @@ def checkpoint() -> Path:
     return embedded.rebuild_checkpoint(embedded.smollm2_gguf(), target)
 
 
-def run(output_dir: Path = Path("models")) -> QuantizeResult:
-    return quantize(str(checkpoint()), QuantizeSettings(types=("Q4_K_M",), output_dir=output_dir))
+def run(output_dir: Path = Path("models")) -> tuple[QuantizeResult, InferResult]:
+    quantized = quantize(str(checkpoint()), QuantizeSettings(types=("Q4_K_M",), output_dir=output_dir))
+    model = quantized.files[0].path
+    settings = InferSettings(model=model, output=output_dir / "samples.answers.json",
+                             sampling=replace(SamplingParams(), max_new_tokens=DEMO_MAX_NEW_TOKENS))
+    return quantized, infer(samples_path(), settings)

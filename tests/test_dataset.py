@@ -1,0 +1,73 @@
+import json
+
+import pytest
+
+from toolkit.dataset import InvalidInput, load_items, load_previous, render_output, write_output
+
+ITEMS = [{"id": "1", "input": {"question_type": "선택형", "question": "가?"}},
+         {"id": 2, "input": {"question_type": "교정형", "question": "나?", "extra": "x"}, "note": "kept"}]
+
+
+def write(tmp_path, data, name="in.json"):
+    p = tmp_path / name
+    p.write_text(data if isinstance(data, str) else json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize("content,match", [
+    ("{not json", "not valid JSON"),
+    (json.dumps({"id": "1"}), "expected a JSON list"),
+    ("[]", "empty"),
+    (json.dumps([{"input": {"question": "q"}}]), "item 1 has no 'id'"),
+    (json.dumps([{"id": "1", "question": "q"}]), "has no 'input' object"),
+    (json.dumps([{"id": "1", "input": {"question_type": "선택형"}}]), "no 'input.question'"),
+    (json.dumps([{"id": "1", "input": {"question": "  "}}]), "no 'input.question'"),
+    (json.dumps([ITEMS[0], {"id": "1", "input": {"question": "q"}}]), "duplicate id '1' \\(items 1 and 2\\)"),
+    (json.dumps([ITEMS[0], "text"]), "item 2 is not an object"),
+])
+def test_bad_input_is_refused(tmp_path, content, match):
+    with pytest.raises(InvalidInput, match=match):
+        load_items(write(tmp_path, content))
+
+
+def test_missing_and_non_utf8(tmp_path):
+    with pytest.raises(InvalidInput, match="no such file"):
+        load_items(tmp_path / "none.json")
+    p = tmp_path / "latin.json"
+    p.write_bytes('[{"id": "é"}]'.encode("latin-1"))
+    with pytest.raises(InvalidInput, match="not UTF-8"):
+        load_items(p)
+
+
+def test_output_keeps_order_fields_and_hangul(tmp_path):
+    out = tmp_path / "out.json"
+    write_output(out, ITEMS, {"2": {"answer": '"나"가 옳다.'}, "1": {"answer": "가"}})
+    text = out.read_text(encoding="utf-8")
+    assert '"나"가 옳다' not in text and '\\"나\\"가 옳다' in text  # JSON-escaped quotes, Hangul as is
+    assert "\\u" not in text
+    data = json.loads(text)
+    assert [d["id"] for d in data] == ["1", 2]
+    assert data[1]["note"] == "kept" and data[1]["input"]["extra"] == "x"
+    assert data[0]["output"] == {"answer": "가"}
+    assert text == json.dumps(data, ensure_ascii=False, indent=4)
+
+
+def test_unanswered_items_have_no_output():
+    data = json.loads(render_output(ITEMS, {"1": {"answer": "가"}}))
+    assert "output" in data[0] and "output" not in data[1]
+
+
+def test_previous_answers_are_found_by_id(tmp_path):
+    out = tmp_path / "out.json"
+    write_output(out, ITEMS, {"2": {"answer": "나"}})
+    assert load_previous(out, ITEMS) == {"2": "나"}
+    assert load_previous(tmp_path / "none.json", ITEMS) == {}
+
+
+def test_output_of_another_input_is_refused(tmp_path):
+    out = write(tmp_path, [{"id": "zzz", "input": {"question": "q"}, "output": {"answer": "a"}}], "out.json")
+    with pytest.raises(InvalidInput, match="other questions"):
+        load_previous(out, ITEMS)
+    out.write_text('{"a": 1}')
+    with pytest.raises(InvalidInput, match="not an answers file"):
+        load_previous(out, ITEMS)

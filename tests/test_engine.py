@@ -1,0 +1,72 @@
+import pytest
+from llama_cpp import Llama
+
+from conftest import run_cli
+from toolkit import embedded
+from toolkit.engine import Engine
+from toolkit.errors import InvalidGGUF
+from toolkit.sampler import Sampler, SamplingParams
+
+PROMPT = "<|im_start|>user\n한국의 수도는 어디인가요?<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    with Engine(embedded.smollm2_gguf()) as e:
+        e.open_context(512)
+        yield e
+
+
+def test_load_info(engine):
+    info = engine.info
+    assert info.architecture == "llama" and info.quant_type == "Q4_1"
+    assert info.layers_total == 31 and info.n_ctx_train == 8192
+    assert engine.n_ctx == 512
+
+
+def test_tokenize_parses_specials_and_adds_no_bos(engine):
+    ids = engine.tokenize(PROMPT)
+    assert engine.token_text(ids[0]) == "<|im_start|>"
+    assert engine.detokenize(ids) == "user\n한국의 수도는 어디인가요?\nassistant\n"  # control tokens leave no text
+    assert engine.special_tokens() == {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}
+    assert engine.is_eog(engine.tokenize("<|im_end|>")[0])
+    assert "<|im_end|>" in engine.control_token_texts()
+
+
+def test_greedy_matches_llama_cpp_python(engine):
+    """With no penalty, our argmax loop is llama.cpp's greedy decoding."""
+    ids = engine.tokenize(PROMPT)
+    params = SamplingParams(do_sample=False, repetition_penalty=1.0, max_new_tokens=24)
+    ours = engine.generate(ids, Sampler(params, ids, engine.n_vocab, 0), 24)
+    llm = Llama(model_path=str(embedded.smollm2_gguf()), n_ctx=512, verbose=False)
+    theirs = []
+    for tok in llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
+        if engine.is_eog(tok) or len(theirs) == 24:
+            break
+        theirs.append(tok)
+    assert ours.tokens == theirs
+    assert ours.stopped in ("eog", "length")
+
+
+def test_generation_stops_at_max_new_tokens(engine):
+    ids = engine.tokenize(PROMPT)
+    gen = engine.generate(ids, Sampler(SamplingParams(), ids, engine.n_vocab, 1), 5)
+    assert len(gen.tokens) <= 5 and (gen.stopped == "length") == (len(gen.tokens) == 5)
+
+
+@pytest.mark.parametrize("make", ["missing", "not_gguf", "truncated"])
+def test_bad_model_files(tmp_path, make):
+    path = tmp_path / "model.gguf"
+    if make == "not_gguf":
+        path.write_text("hello")
+    elif make == "truncated":
+        path.write_bytes(embedded.smollm2_gguf().read_bytes()[:5_000_000])
+    with pytest.raises(InvalidGGUF):
+        Engine(path)
+    inp = tmp_path / "q.json"
+    inp.write_text('[{"id": "1", "input": {"question_type": "선택형", "question": "고르시오."}}]', encoding="utf-8")
+    out = tmp_path / "out.json"
+    out.write_text("previous answers", encoding="utf-8")
+    r = run_cli("infer", str(inp), "--model", str(path), "--output", str(out), "--no-resume")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert out.read_text(encoding="utf-8") == "previous answers"

@@ -1,0 +1,206 @@
+"""End to end on real GGUFs over the bundled sample set (our own sentences)."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+
+from conftest import REPO, run_cli
+from toolkit import demo, embedded
+from toolkit.errors import UserError
+from toolkit.infer import InferSettings, default_output, fit_context, infer, resolve_model
+from toolkit.prompts import PromptSet
+from toolkit.sampler import SamplingParams
+
+SAMPLES = demo.samples_path()
+FAST = SamplingParams(max_new_tokens=24)
+# Short instructions keep prompts near 100 tokens: SmolLM2's English tokenizer spends ~850 on
+# the default Korean ones, and prompt evaluation runs ~200 tok/s on two cores.
+SHORT = PromptSet(system="짧게 답하시오.", selection="옳은 것을 고르시오.", correction="고치시오.", generic="답하시오.")
+SHORT_TOML = 'system = "짧게 답하시오."\nselection = "옳은 것을 고르시오."\ncorrection = "고치시오."\ngeneric = "답하시오."\n'
+
+
+def settings(**kw):
+    return InferSettings(**{"model": embedded.smollm2_gguf(), "sampling": FAST, "prompts": SHORT, **kw})
+
+
+@pytest.fixture
+def short_prompts(tmp_path):
+    path = tmp_path / "short.toml"
+    path.write_text(SHORT_TOML, encoding="utf-8")
+    return str(path)
+
+
+def read(path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def check_contract(output, inp=SAMPLES):
+    items, out = read(inp), read(output)
+    assert [o["id"] for o in out] == [i["id"] for i in items]
+    for i, o in zip(items, out):
+        assert o["input"] == i["input"]
+        assert set(o) == set(i) | {"output"}
+        assert isinstance(o["output"]["answer"], str)
+        assert o["output"]["answer"] == o["output"]["answer"].strip()
+        assert "<|im_end|>" not in o["output"]["answer"]
+    text = output.read_text(encoding="utf-8")
+    assert text == json.dumps(out, ensure_ascii=False, indent=4) and "\\u" not in text
+
+
+@pytest.fixture(scope="module")
+def embedded_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("infer") / "answers.json"
+    result = infer(SAMPLES, settings(output=out))
+    return result, out
+
+
+def test_embedded_model_answers_every_item(embedded_run):
+    result, out = embedded_run
+    check_contract(out)
+    assert result.items == result.generated == 8 and result.resumed == 0
+    assert 0 < result.new_tokens <= 8 * 24 and result.tokens_per_second > 0
+    assert result.form_checked == 7 and 0 <= result.missing_form <= 7
+    assert result.load.layers_total == 31 and result.load.backend == "CPU"
+
+
+def test_quantized_file_from_toolkit_quantize(smollm2_quantized, tmp_path):
+    q4 = smollm2_quantized.files[0].path
+    out = tmp_path / "a.json"
+    result = infer(SAMPLES, settings(model=q4, output=out))
+    check_contract(out)
+    assert result.load.quant_type == "Q4_K_M"
+
+
+def test_same_seed_same_answers(embedded_run, tmp_path):
+    _, first = embedded_run
+    again = tmp_path / "again.json"
+    infer(SAMPLES, settings(output=again))
+    assert read(again) == read(first)
+    other = tmp_path / "other.json"
+    infer(SAMPLES, settings(output=other, sampling=replace(FAST, seed=123)))
+    assert read(other) != read(first)
+
+
+def test_rerun_resumes_and_no_resume_starts_over(embedded_run, tmp_path):
+    _, first = embedded_run
+    out = tmp_path / "r.json"
+    out.write_text(first.read_text(encoding="utf-8"), encoding="utf-8")
+    result = infer(SAMPLES, settings(output=out))
+    assert (result.resumed, result.generated) == (8, 0)
+    assert read(out) == read(first)
+    result = infer(SAMPLES, settings(output=out, resume=False))
+    assert (result.resumed, result.generated) == (0, 8)
+
+
+def test_kill_and_resume(embedded_run, tmp_path, short_prompts):
+    """Killed mid-run again and again: the JSON always parses, and the finished file is the
+    uninterrupted run's (per-item seeds make resumed answers identical)."""
+    _, reference = embedded_run
+    out = tmp_path / "k.json"
+    cmd = [sys.executable, "-m", "toolkit", "infer", str(SAMPLES), "--model", str(embedded.smollm2_gguf()),
+           "--output", str(out), "--max-new-tokens", "24", "--prompts", short_prompts]
+    kills = 0
+    for _ in range(12):
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        before = len([o for o in read(out) if "output" in o]) if out.exists() else 0
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if out.exists() and len([o for o in read(out) if "output" in o]) > before:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.02)
+        proc.wait()
+        assert isinstance(read(out), list)  # parses after every kill
+        if proc.returncode == 0:
+            break
+    assert kills >= 2
+    assert read(out) == read(reference)
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_dry_run_writes_prompts_and_token_counts(tmp_path):
+    out = tmp_path / "p.json"
+    r = run_cli("infer", str(SAMPLES), "--model", str(embedded.smollm2_gguf()), "--dry-run", "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    data = read(out)
+    assert len(data) == 8
+    first = data[0]["output"]
+    assert first["prompt"].startswith("<|im_start|>system\nYou are a helpful AI assistant.")
+    assert first["prompt"].endswith("<|im_start|>assistant\n")
+    assert "[질문]\n" + data[0]["input"]["question"] in first["prompt"]
+    assert "[기타 정보]\n- topic: 띄어쓰기" in data[6]["output"]["prompt"]
+    assert 150 < first["prompt_tokens"] < 1500
+
+
+def test_cli_summary_and_json(tmp_path, short_prompts):
+    out = tmp_path / "c.json"
+    r = run_cli("infer", str(SAMPLES), "--model", str(embedded.smollm2_gguf()), "--output", str(out),
+                "--max-new-tokens", "8", "--greedy", "--json", "--prompts", short_prompts)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["items"] == summary["generated"] == 8 and summary["new_tokens"] > 0
+    assert "llama, Q4_1, 0/31 layers on the GPU, backend CPU" in r.stderr
+    assert "context  256 tokens" in r.stderr  # fitted: longest prompt + 8, in steps of 256
+    check_contract(out)
+
+
+def test_model_resolution(tmp_path, capsys):
+    models = tmp_path / "models"
+    models.mkdir()
+    assert resolve_model(InferSettings(models_dir=models)) == embedded.smollm2_gguf()
+    assert "embedded" in capsys.readouterr().err
+    one = models / "a" / "a-Q4_K_M.gguf"
+    one.parent.mkdir()
+    one.write_bytes(b"x")
+    (models / "a" / ".a-Q8_0.gguf.partial").write_bytes(b"x")
+    assert resolve_model(InferSettings(models_dir=models)) == one
+    (models / "a" / "a-Q8_0.gguf").write_bytes(b"x")
+    with pytest.raises(UserError, match="several models.*--model"):
+        resolve_model(InferSettings(models_dir=models))
+
+
+def test_output_paths(tmp_path):
+    inp = tmp_path / "test.json"
+    assert default_output(inp, tmp_path / "m-Q4_K_M.gguf", False) == tmp_path / "test.m-Q4_K_M.json"
+    assert default_output(inp, tmp_path / "m-Q4_K_M.gguf", True) == tmp_path / "test.prompts.json"
+    inp.write_text(SAMPLES.read_text(encoding="utf-8"), encoding="utf-8")
+    r = run_cli("infer", str(inp), "--model", str(embedded.smollm2_gguf()), "--output", str(inp))
+    assert r.returncode == 2 and "overwrite the input" in r.stderr
+    assert read(inp) == read(SAMPLES)
+
+
+def test_context_fit():
+    assert fit_context(300, 1024, 8192) == 1536
+    assert fit_context(7000, 1024, 8192) == 8192
+
+
+@pytest.mark.parametrize("content,match", [
+    ("not json", "not valid JSON"), ("{}", "expected a JSON list"), ("[]", "empty"),
+    ('[{"input": {"question": "q"}}]', "no 'id'"), ('[{"id": 1}]', "no 'input'"),
+    ('[{"id": 1, "input": {}}]', "input.question"),
+    ('[{"id": 1, "input": {"question": "a"}}, {"id": "1", "input": {"question": "b"}}]', "duplicate id"),
+])
+def test_bad_input_exits_2_and_keeps_existing_output(tmp_path, content, match):
+    inp = tmp_path / "in.json"
+    inp.write_text(content, encoding="utf-8")
+    out = tmp_path / "out.json"
+    out.write_text("earlier answers", encoding="utf-8")
+    r = run_cli("infer", str(inp), "--model", str(embedded.smollm2_gguf()), "--output", str(out), "--no-resume")
+    assert r.returncode == 2 and match in r.stderr and r.stderr.strip().count("\n") == 0
+    assert out.read_text(encoding="utf-8") == "earlier answers"
+
+
+def test_missing_model_file(tmp_path):
+    r = run_cli("infer", str(SAMPLES), "--model", str(tmp_path / "none.gguf"))
+    assert r.returncode == 2 and "no such model file" in r.stderr
+
+
+def test_beam_search_is_refused():
+    r = run_cli("infer", str(SAMPLES), "--num-beams", "4")
+    assert r.returncode == 2 and "beam search is not supported" in r.stderr

@@ -1,0 +1,74 @@
+import pytest
+
+from toolkit import prompts
+from toolkit.errors import UserError
+from toolkit.prompts import PromptSet, build_messages, load_prompt_file, text_or_file, user_message
+
+SELECT = {"question_type": "선택형", "question": '"{왠지/웬지} 졸리다." 가운데 올바른 것을 고르세요.'}
+
+
+def test_default_system_prompt_is_the_seeds():
+    assert prompts.DEFAULT_SYSTEM_PROMPT.startswith("You are a helpful AI assistant. Please answer the user's questions kindly. 당신은")
+    assert prompts.DEFAULT_SYSTEM_PROMPT.endswith("단, 동일한 문장을 절대 반복하지 마시오.")
+    assert "\n" not in prompts.DEFAULT_SYSTEM_PROMPT
+
+
+def test_user_message_layout():
+    text = user_message(SELECT, PromptSet())
+    assert text.startswith(prompts.SELECTION_INSTRUCTION)
+    assert text.endswith("[질문]\n" + SELECT["question"])
+    assert "[기타 정보]" not in text
+    assert '"완성한 문장"이 옳다.' in text
+
+
+def test_instruction_per_type():
+    p = PromptSet()
+    assert p.instruction("선택형") == prompts.SELECTION_INSTRUCTION
+    assert p.instruction("교정형") == prompts.CORRECTION_INSTRUCTION
+    for other in ("선다형", "서술형", "단답형", "새로운유형"):
+        assert p.instruction(other) == prompts.GENERIC_INSTRUCTION
+
+
+def test_extra_input_fields_become_other_information():
+    item = {**SELECT, "topic": "맞춤법", "hints": ["왜인지", "웬"]}
+    text = user_message(item, PromptSet())
+    assert '[기타 정보]\n- topic: 맞춤법\n- hints: ["왜인지", "웬"]\n\n[질문]' in text
+
+
+def test_messages_with_and_without_system():
+    msgs = build_messages(SELECT, PromptSet())
+    assert [m["role"] for m in msgs] == ["system", "user"]
+    assert [m["role"] for m in build_messages(SELECT, PromptSet(system=""))] == ["user"]
+
+
+def test_prompt_file_and_at_file(tmp_path):
+    toml = tmp_path / "p.toml"
+    toml.write_text('system = "시스템"\n"선택형" = """\n고르시오.\n"""\ngeneric = "답하시오."\n', encoding="utf-8")
+    p = load_prompt_file(toml)
+    assert (p.system, p.selection, p.generic) == ("시스템", "고르시오.", "답하시오.")
+    assert p.correction == prompts.CORRECTION_INSTRUCTION
+    f = tmp_path / "c.txt"
+    f.write_text("고쳐 쓰시오.\n", encoding="utf-8")
+    assert text_or_file(f"@{f}") == "고쳐 쓰시오."
+    assert text_or_file("그대로") == "그대로"
+
+
+def test_prompt_file_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("selection = [1, 2]\n")
+    with pytest.raises(UserError, match="must be a string"):
+        load_prompt_file(bad)
+    bad.write_text('oops = "x"\n')
+    with pytest.raises(UserError, match="unknown keys oops"):
+        load_prompt_file(bad)
+    bad.write_text("not = toml = at all")
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_prompt_file(bad)
+    with pytest.raises(UserError, match="cannot read"):
+        text_or_file(f"@{tmp_path / 'missing.txt'}")
+
+
+def test_unknown_type_warns(capsys):
+    prompts.warn_unknown_types([{"input": {"question_type": "퀴즈형"}}, {"input": SELECT}])
+    err = capsys.readouterr().err
+    assert "퀴즈형" in err and "generic" in err

@@ -1,0 +1,95 @@
+"""Competition JSON in and out: validation, resume state, atomic writes.
+
+Items look like {"id": "1", "input": {"question_type": "선택형", "question": "…"}, …};
+the output is the same list, every field kept, with "output": {"answer": …} added.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import UserError
+from .fsutil import write_text_atomic
+
+
+class InvalidInput(UserError):
+    """The competition file is not what the task's format says."""
+
+
+def item_key(item: dict) -> str:
+    return str(item["id"])
+
+
+def _read_json(path: Path, what: str):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InvalidInput(f"{path}: is a directory, not a {what}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path}: not UTF-8 text") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+
+
+def load_items(path: Path) -> list[dict]:
+    data = _read_json(path, "competition JSON file")
+    if not isinstance(data, list):
+        raise InvalidInput(f"{path}: expected a JSON list of items, found a JSON {type(data).__name__}")
+    if not data:
+        raise InvalidInput(f"{path}: the list of items is empty")
+    first_seen: dict[str, int] = {}
+    for n, item in enumerate(data, 1):
+        if not isinstance(item, dict):
+            raise InvalidInput(f"{path}: item {n} is not an object")
+        if not isinstance(item.get("id"), (str, int)) or isinstance(item.get("id"), bool):
+            raise InvalidInput(f"{path}: item {n} has no 'id'")
+        key = item_key(item)
+        inp = item.get("input")
+        if not isinstance(inp, dict):
+            raise InvalidInput(f"{path}: item {n} (id {key}) has no 'input' object")
+        if not isinstance(inp.get("question"), str) or not inp["question"].strip():
+            raise InvalidInput(f"{path}: item {n} (id {key}) has no 'input.question' text")
+        if key in first_seen:
+            raise InvalidInput(f"{path}: duplicate id {key!r} (items {first_seen[key]} and {n})")
+        first_seen[key] = n
+    return data
+
+
+def load_previous(output: Path, items: list[dict]) -> dict[str, str]:
+    """Answers already in `output` for these items: what a rerun does not redo."""
+    if not output.exists():
+        return {}
+    data = _read_json(output, "output file")
+    if not isinstance(data, list):
+        raise InvalidInput(f"{output} exists and is not an answers file; choose another --output or pass --no-resume")
+    ids = {item_key(i) for i in items}
+    theirs = {str(i.get("id")) for i in data if isinstance(i, dict)}
+    if theirs - ids:
+        raise InvalidInput(
+            f"{output} holds answers for other questions than this input; choose another --output "
+            "or pass --no-resume to overwrite it"
+        )
+    answers = {}
+    for item in data:
+        out = item.get("output") if isinstance(item, dict) else None
+        if isinstance(out, dict) and isinstance(out.get("answer"), str):
+            answers[str(item["id"])] = out["answer"]
+    return answers
+
+
+def render_output(items: list[dict], outputs: dict[str, dict]) -> str:
+    merged = []
+    for item in items:
+        key = item_key(item)
+        merged.append({**item, "output": outputs[key]} if key in outputs else item)
+    return json.dumps(merged, ensure_ascii=False, indent=4)
+
+
+def write_output(path: Path, items: list[dict], outputs: dict[str, dict]) -> None:
+    """The input list in order, each answered item with its "output"; atomic."""
+    write_text_atomic(path, render_output(items, outputs))

@@ -1,0 +1,229 @@
+"""Stage: prompt tokens → generated tokens, on llama.cpp's C API (every layer on the GPU by default).
+
+We drive llama.cpp directly (model, context, batch, logits) instead of llama-cpp-python's
+`Llama` class so that sampling is ours (HF semantics, see sampler.py) and so that several
+sequences can later share one context.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import backend, gguf, llama_log
+from .errors import LoadFailed, UserError
+from .sampler import Sampler
+
+_OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    n_gpu_layers: int = -1  # -1: every layer on the GPU
+    n_ctx: int | None = None  # None: fitted to the longest prompt + max_new_tokens
+    n_batch: int = 512
+    threads: int | None = None  # None: every core
+    flash_attn: bool | None = None  # None: llama.cpp decides (on where the backend supports it)
+
+
+@dataclass(frozen=True)
+class LoadInfo:
+    path: Path
+    architecture: str
+    quant_type: str
+    layers_offloaded: int
+    layers_total: int
+    backend: str
+    n_ctx_train: int
+
+
+@dataclass
+class Generation:
+    tokens: list[int]
+    text: str
+    prompt_tokens: int
+    stopped: str  # "eog", "length" or "context"
+    prompt_seconds: float
+    gen_seconds: float
+
+
+class Engine:
+    def __init__(self, model_path: Path, settings: EngineSettings = EngineSettings()):
+        import llama_cpp
+
+        self.settings = settings
+        self.path = Path(model_path)
+        header = gguf.read(self.path)  # a clear error for missing, non-GGUF or truncated files
+        llama_cpp.llama_backend_init()
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = settings.n_gpu_layers if settings.n_gpu_layers >= 0 else 1_000_000
+        with llama_log.capture() as log:
+            self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self.model:
+            raise LoadFailed(f"llama.cpp cannot load {self.path.name}: {log.last_error() or 'unknown reason'}")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        n_layer = llama_cpp.llama_model_n_layer(self.model)
+        m = _OFFLOADED.search(log.text())
+        offloaded, total = (int(m.group(1)), int(m.group(2))) if m else (0, n_layer + 1)
+        gpus = backend.gpus() if offloaded else []
+        self.info = LoadInfo(
+            path=self.path, architecture=header.architecture, quant_type=header.file_type_name,
+            layers_offloaded=offloaded, layers_total=total,
+            backend=", ".join(f"{d.name} ({d.description})" for d in gpus) if gpus else "CPU",
+            n_ctx_train=header.context_length or 4096,
+        )
+        self.header = header
+        self.ctx = None
+        self.n_ctx = 0
+
+    # -- context -----------------------------------------------------------------------------
+    def open_context(self, n_ctx: int, n_seq_max: int = 1) -> None:
+        import llama_cpp
+
+        self.close_context()
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = min(self.settings.n_batch, n_ctx)
+        cparams.n_ubatch = min(self.settings.n_batch, n_ctx)
+        cparams.n_seq_max = n_seq_max
+        threads = self.settings.threads or os.cpu_count() or 1
+        cparams.n_threads = cparams.n_threads_batch = threads
+        if self.settings.flash_attn is not None:
+            cparams.flash_attn_type = 1 if self.settings.flash_attn else 0
+        cparams.no_perf = True
+        with llama_log.capture() as log:
+            self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            raise LoadFailed(f"llama.cpp cannot create a context of {n_ctx} tokens: {log.last_error() or 'out of memory?'}")
+        self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+
+    def close_context(self) -> None:
+        import llama_cpp
+
+        if self.ctx:
+            with llama_log.capture():  # llama.cpp reports buffer sizes on free
+                llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+
+    def close(self) -> None:
+        import llama_cpp
+
+        self.close_context()
+        if self.model:
+            with llama_log.capture():
+                llama_cpp.llama_model_free(self.model)
+            self.model = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- vocabulary ----------------------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        """As HF tokenizes a rendered chat: special tokens parsed, nothing (no BOS) added."""
+        import llama_cpp
+
+        data = text.encode("utf-8")
+        n_max = len(data) + 16
+        buf = (llama_cpp.llama_token * n_max)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, n_max, False, True)
+        if n < 0:
+            buf = (llama_cpp.llama_token * -n)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, -n, False, True)
+        return list(buf[:n])
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """As HF decodes with skip_special_tokens=True: control tokens leave no text."""
+        import llama_cpp
+
+        if not tokens:
+            return ""
+        arr = (llama_cpp.llama_token * len(tokens))(*tokens)
+        size = len(tokens) * 16 + 64
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_detokenize(self.vocab, arr, len(tokens), buf, size, False, False)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            size = -n + 1
+        raise LoadFailed("detokenize failed")
+
+    def token_text(self, token: int) -> str:
+        import llama_cpp
+
+        return (llama_cpp.llama_vocab_get_text(self.vocab, token) or b"").decode("utf-8", errors="replace")
+
+    def special_tokens(self) -> dict[str, str]:
+        """bos_token / eos_token strings for the chat template, as HF exposes them."""
+        import llama_cpp
+
+        tokens = {}
+        for name, fn in (("bos_token", llama_cpp.llama_vocab_bos), ("eos_token", llama_cpp.llama_vocab_eos)):
+            tok = fn(self.vocab)
+            if tok >= 0:
+                tokens[name] = self.token_text(tok)
+        return tokens
+
+    def control_token_texts(self) -> list[str]:
+        import llama_cpp
+
+        return [self.token_text(t) for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_control(self.vocab, t)]
+
+    def is_eog(self, token: int) -> bool:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    # -- generation ----------------------------------------------------------------------------
+    def _decode(self, tokens: list[int]) -> None:
+        import llama_cpp
+
+        arr = (llama_cpp.llama_token * len(tokens))(*tokens)
+        rc = llama_cpp.llama_decode(self.ctx, llama_cpp.llama_batch_get_one(arr, len(tokens)))
+        if rc != 0:
+            raise LoadFailed(f"llama_decode failed ({rc})")
+
+    def _logits(self) -> np.ndarray:
+        import llama_cpp
+
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def generate(self, prompt: list[int], sampler: Sampler, max_new_tokens: int, on_token=None) -> Generation:
+        import llama_cpp
+
+        if self.ctx is None:
+            raise UserError("no context: call open_context first")
+        if len(prompt) >= self.n_ctx:
+            raise UserError(f"the prompt has {len(prompt)} tokens but the context holds {self.n_ctx}; raise --n-ctx")
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+        t0 = time.perf_counter()
+        step = self.settings.n_batch
+        for i in range(0, len(prompt), step):
+            self._decode(prompt[i:i + step])
+        t1 = time.perf_counter()
+        out: list[int] = []
+        stopped = "length"
+        while len(out) < max_new_tokens:
+            token = sampler.sample(self._logits())
+            if self.is_eog(token):
+                stopped = "eog"
+                break
+            out.append(token)
+            if on_token is not None:
+                on_token()
+            if len(prompt) + len(out) >= self.n_ctx:
+                stopped = "context"
+                break
+            self._decode([token])
+        t2 = time.perf_counter()
+        return Generation(out, self.detokenize(out), len(prompt), stopped, t1 - t0, t2 - t1)

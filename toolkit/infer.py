@@ -1,0 +1,161 @@
+"""The `infer` verb: competition JSON → prompts → engine + sampler → clean → JSON with answers.
+
+    infer(Path("test.json"), InferSettings(model=Path("models/x/x-Q4_K_M.gguf")))
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from . import chat_template, console, dataset, embedded
+from .clean import clean_answer, has_answer_form
+from .engine import Engine, EngineSettings, LoadInfo
+from .errors import ModelNotFound, UserError
+from .prompts import CORRECTION, SELECTION, PromptSet, build_messages, warn_unknown_types
+from .sampler import Sampler, SamplingParams, item_seed
+
+
+@dataclass(frozen=True)
+class InferSettings:
+    model: Path | None = None  # None: the only GGUF under models/, else the embedded model
+    output: Path | None = None  # None: <input stem>.<model stem>.json beside the input
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    prompts: PromptSet = field(default_factory=PromptSet)
+    chat_template: Path | None = None
+    resume: bool = True
+    dry_run: bool = False
+    models_dir: Path = Path("models")
+
+
+@dataclass
+class InferResult:
+    output: Path
+    model: Path
+    load: LoadInfo
+    n_ctx: int
+    items: int
+    resumed: int = 0
+    generated: int = 0
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0
+    cut_at_max_tokens: int = 0
+    form_checked: int = 0  # 선택형/교정형 answers
+    missing_form: int = 0  # … of which lack "…"가 옳다
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds else 0.0
+
+
+def resolve_model(settings: InferSettings) -> Path:
+    if settings.model is not None:
+        if not settings.model.is_file():
+            raise ModelNotFound(f"{settings.model}: no such model file")
+        return settings.model
+    found = sorted(p for p in settings.models_dir.rglob("*.gguf") if not p.name.startswith("."))
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        listing = ", ".join(str(p) for p in found)
+        raise UserError(f"several models under {settings.models_dir}/ ({listing}); choose one with --model")
+    path = embedded.smollm2_gguf()
+    console.notice(f"no GGUF under {settings.models_dir}/: using the embedded {embedded.SMOLLM2_NAME} (--model to choose)")
+    return path
+
+
+def default_output(input_path: Path, model: Path, dry_run: bool) -> Path:
+    suffix = "prompts" if dry_run else model.stem
+    return input_path.with_name(f"{input_path.stem}.{suffix}.json")
+
+
+def fit_context(longest_prompt: int, max_new_tokens: int, n_ctx_train: int) -> int:
+    """Enough for the longest prompt plus max_new_tokens, in steps of 256, capped by training."""
+    need = longest_prompt + max_new_tokens
+    return min(n_ctx_train, -(-need // 256) * 256)
+
+
+def _progress() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[tps]:.1f} tok/s"), TimeElapsedColumn(), TextColumn("eta"),
+                    TimeRemainingColumn(), console=console.err)
+
+
+def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferResult:
+    params = settings.sampling.validate()
+    items = dataset.load_items(input_path)
+    model_path = resolve_model(settings)
+    output = settings.output or default_output(input_path, model_path, settings.dry_run)
+    if output.resolve() == input_path.resolve():
+        raise UserError("the output would overwrite the input file; choose another --output")
+    previous = dataset.load_previous(output, items) if settings.resume and not settings.dry_run else {}
+
+    with Engine(model_path, settings.engine) as engine:
+        template = chat_template.load(engine.header.chat_template, engine.special_tokens(),
+                                      settings.chat_template, model_path.name)
+        fold = not template.accepts_system()
+        if fold and settings.prompts.system:
+            console.notice("this chat template has no system role: the system prompt opens the user message")
+        warn_unknown_types(items)
+        rendered: dict[str, str] = {}
+        token_ids: dict[str, list[int]] = {}
+        for item in items:
+            messages = build_messages(item["input"], settings.prompts)
+            if fold:
+                messages = chat_template.fold_system(messages)
+            key = dataset.item_key(item)
+            rendered[key] = template.render(messages)
+            token_ids[key] = engine.tokenize(rendered[key])
+        longest = max(len(t) for t in token_ids.values())
+        n_ctx = settings.engine.n_ctx or fit_context(longest, params.max_new_tokens, engine.info.n_ctx_train)
+        if longest >= n_ctx:
+            raise UserError(f"the longest prompt has {longest} tokens but the context is {n_ctx}; raise --n-ctx")
+        result = InferResult(output, model_path, engine.info, n_ctx, len(items), resumed=len(previous))
+        _print_header(result)
+
+        if settings.dry_run:
+            outputs = {k: {"prompt": rendered[k], "prompt_tokens": len(token_ids[k])} for k in rendered}
+            dataset.write_output(output, items, outputs)
+            return result
+
+        engine.open_context(n_ctx)
+        result.n_ctx = engine.n_ctx
+        specials = engine.control_token_texts()
+        outputs = {k: {"answer": a} for k, a in previous.items()}
+        todo = [i for i in items if dataset.item_key(i) not in previous]
+        started = time.perf_counter()
+        with _progress() as progress:
+            task = progress.add_task("infer", total=len(todo), tps=0.0)
+            for item in todo:
+                key = dataset.item_key(item)
+                sampler = Sampler(params, token_ids[key], engine.n_vocab, item_seed(params.seed, key))
+                gen = engine.generate(token_ids[key], sampler, params.max_new_tokens)
+                outputs[key] = {"answer": clean_answer(gen.text, specials)}
+                dataset.write_output(output, items, outputs)  # a kill loses only the item in flight
+                result.generated += 1
+                result.prompt_tokens += gen.prompt_tokens
+                result.new_tokens += len(gen.tokens)
+                result.cut_at_max_tokens += gen.stopped != "eog"
+                result.seconds = time.perf_counter() - started
+                progress.update(task, advance=1, tps=result.tokens_per_second)
+        if not todo:
+            dataset.write_output(output, items, outputs)
+        for item in items:
+            if item["input"].get("question_type") in (SELECTION, CORRECTION):
+                result.form_checked += 1
+                result.missing_form += not has_answer_form(outputs[dataset.item_key(item)]["answer"])
+        return result
+
+
+def _print_header(r: InferResult) -> None:
+    info = r.load
+    console.err.print(f"model    {info.path}")
+    console.err.print(f"         {info.architecture}, {info.quant_type}, "
+                      f"{info.layers_offloaded}/{info.layers_total} layers on the GPU, backend {info.backend}")
+    console.err.print(f"context  {r.n_ctx} tokens (trained {info.n_ctx_train})")
+    console.err.print(f"items    {r.items} ({r.resumed} already answered in {r.output})")

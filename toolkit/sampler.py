@@ -1,0 +1,119 @@
+"""Next-token selection with Hugging Face `generate` semantics, on llama.cpp's logits.
+
+llama-cpp-python's own chain departs from HF in three ways that change answers: its
+repetition penalty sees only the last 64 tokens, temperature comes before top-k/top-p,
+and min-p 0.05 is on. Here the order and arithmetic are HF's (float32 scores):
+
+    repetition penalty over every prompt and generated token
+    → temperature → top-k → top-p → sample        (do_sample=False: argmax after the penalty)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """HF `generate` names; defaults are the seed baseline's."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 50
+    repetition_penalty: float = 1.05
+    max_new_tokens: int = 1024
+    do_sample: bool = True
+    num_beams: int = 1
+    seed: int = 0
+
+    def validate(self) -> "SamplingParams":
+        if self.num_beams != 1:
+            raise UserError(f"num_beams={self.num_beams}: beam search is not supported; use sampling or --greedy")
+        if self.do_sample and not self.temperature > 0:
+            raise UserError(f"temperature must be > 0 when sampling (got {self.temperature}); use --greedy for argmax")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1] (got {self.top_p})")
+        if self.top_k < 0:
+            raise UserError(f"top_k must be >= 0 (got {self.top_k}); 0 turns top-k off")
+        if not self.repetition_penalty > 0:
+            raise UserError(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
+        if self.max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
+        return self
+
+
+def apply_repetition_penalty(scores: np.ndarray, token_ids: np.ndarray, penalty: float) -> None:
+    """HF's RepetitionPenaltyLogitsProcessor, in place: shrink the scores of seen tokens."""
+    if penalty == 1.0 or token_ids.size == 0:
+        return
+    seen = scores[token_ids]
+    scores[token_ids] = np.where(seen < 0, seen * penalty, seen / penalty)
+
+
+def warp(scores: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
+    """Temperature → top-k → top-p. Returns (candidate ids, their probabilities)."""
+    if params.temperature != 1.0:
+        scores = scores / np.float32(params.temperature)
+    ids = np.arange(scores.size)
+    if params.top_k > 0 and params.top_k < scores.size:
+        # Keep every token scoring at least the k-th best (ties included, as HF does).
+        kth = np.partition(scores, scores.size - params.top_k)[scores.size - params.top_k]
+        ids = np.flatnonzero(scores >= kth)
+    cand = scores[ids].astype(np.float32)
+    if params.top_p < 1.0:
+        order = np.argsort(cand, kind="stable")  # ascending, as HF sorts
+        probs = _softmax(cand[order])
+        removed = np.cumsum(probs, dtype=np.float32) <= np.float32(1 - params.top_p)
+        removed[-1] = False  # min_tokens_to_keep = 1
+        keep = np.sort(order[~removed])
+        ids, cand = ids[keep], cand[keep]
+    return ids, _softmax(cand)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(), dtype=np.float32)
+    return e / e.sum(dtype=np.float32)
+
+
+def item_seed(seed: int, item_id: str) -> int:
+    """A per-item seed: answers do not depend on item order, resumes or batching."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{item_id}".encode()).digest()[:8], "little")
+
+
+class Sampler:
+    """Sampling state for one sequence: the tokens seen so far and its random stream."""
+
+    def __init__(self, params: SamplingParams, prompt_ids: list[int], n_vocab: int, seed: int):
+        self.params = params
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self._seen = np.zeros(n_vocab, dtype=bool)
+        self._seen[np.asarray(prompt_ids, dtype=np.int64)] = True
+        self._seen_ids = np.flatnonzero(self._seen)
+
+    def accept(self, token: int) -> None:
+        if not self._seen[token]:
+            self._seen[token] = True
+            self._seen_ids = np.append(self._seen_ids, token)
+
+    def candidates(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.array(logits, dtype=np.float32, copy=True)
+        apply_repetition_penalty(scores, self._seen_ids, self.params.repetition_penalty)
+        if not self.params.do_sample:
+            best = int(np.argmax(scores))
+            return np.array([best]), np.array([1.0], dtype=np.float32)
+        return warp(scores, self.params)
+
+    def sample(self, logits: np.ndarray) -> int:
+        ids, probs = self.candidates(logits)
+        if ids.size == 1:
+            token = int(ids[0])
+        else:
+            cdf = np.cumsum(probs, dtype=np.float64)
+            token = int(ids[min(int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right")), ids.size - 1)])
+        self.accept(token)
+        return token
