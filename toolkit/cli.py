@@ -212,6 +212,8 @@ def print_infer_result(r, as_json: bool = False) -> None:
         "output": str(r.output), "model": str(r.model), "items": r.items, "resumed": r.resumed,
         "generated": r.generated, "prompt_tokens": r.prompt_tokens, "new_tokens": r.new_tokens,
         "seconds": round(r.seconds, 2), "tokens_per_second": round(r.tokens_per_second, 2),
+        "prompt_tokens_per_second": round(r.prompt_tokens / r.prompt_seconds, 2) if r.prompt_seconds else 0.0,
+        "generation_tokens_per_second": round(r.new_tokens / r.gen_seconds, 2) if r.gen_seconds else 0.0,
         "cut_at_max_new_tokens": r.cut_at_max_tokens, "missing_answer_form": r.missing_form,
         "answer_form_checked": r.form_checked,
     }
@@ -219,8 +221,10 @@ def print_infer_result(r, as_json: bool = False) -> None:
         print(json.dumps(summary, ensure_ascii=False))
         return
     console.out.print(f"wrote {r.output}: {r.items} items ({r.generated} generated, {r.resumed} resumed)")
-    console.out.print(f"{r.new_tokens} new tokens in {r.seconds:.1f} s = {r.tokens_per_second:.1f} tok/s"
-                      f" (prompts: {r.prompt_tokens} tokens); {r.cut_at_max_tokens} cut at max-new-tokens")
+    console.out.print(f"{r.new_tokens} new tokens in {r.seconds:.1f} s = {r.tokens_per_second:.1f} tok/s overall; "
+                      f"prompts {summary['prompt_tokens_per_second']:.0f} tok/s ({r.prompt_tokens} tokens), "
+                      f"generation {summary['generation_tokens_per_second']:.1f} tok/s; "
+                      f"{r.cut_at_max_tokens} cut at max-new-tokens")
     if r.form_checked:
         console.out.print(f'{r.missing_form} of {r.form_checked} 선택형/교정형 answers lack the "…"가 옳다 form')
 

@@ -189,11 +189,20 @@ class _Cursor:
             return self.string()
         if vtype == _ARRAY:
             item_type, n = self.take("<I"), self.take("<Q")
-            if item_type in _SCALARS and not keep_array and n > _ARRAY_KEEP:
-                self.pos += n * struct.calcsize(_SCALARS[item_type])  # skip without decoding
+            if not keep_array and n > _ARRAY_KEEP:  # skip without decoding (the vocabulary)
+                if item_type in _SCALARS:
+                    self.pos += n * struct.calcsize(_SCALARS[item_type])
+                elif item_type == _STRING:
+                    for _ in range(n):
+                        length = self.take("<Q")  # advances past the length field
+                        self.pos += length
+                else:
+                    for _ in range(n):
+                        self.value(item_type, False)
+                if self.pos > len(self.buf):
+                    raise InvalidGGUF(f"{self.path}: truncated GGUF header")
                 return ArraySummary(item_type, n)
-            items = [self.value(item_type, keep_array) for _ in range(n)]
-            return items if keep_array or n <= _ARRAY_KEEP else ArraySummary(item_type, n)
+            return [self.value(item_type, keep_array) for _ in range(n)]
         raise InvalidGGUF(f"{self.path}: unknown metadata value type {vtype}")
 
 

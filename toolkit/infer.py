@@ -43,7 +43,9 @@ class InferResult:
     generated: int = 0
     prompt_tokens: int = 0
     new_tokens: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of generation, prompts included
+    prompt_seconds: float = 0.0
+    gen_seconds: float = 0.0
     cut_at_max_tokens: int = 0
     form_checked: int = 0  # 선택형/교정형 answers
     missing_form: int = 0  # … of which lack "…"가 옳다
@@ -140,6 +142,8 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
                 result.generated += 1
                 result.prompt_tokens += gen.prompt_tokens
                 result.new_tokens += len(gen.tokens)
+                result.prompt_seconds += gen.prompt_seconds
+                result.gen_seconds += gen.gen_seconds
                 result.cut_at_max_tokens += gen.stopped != "eog"
                 result.seconds = time.perf_counter() - started
                 progress.update(task, advance=1, tps=result.tokens_per_second)
