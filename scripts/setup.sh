@@ -49,7 +49,7 @@ C
   local rc=1
   if "${CC:-cc}" -O1 -mamx-tile "$dir/probe.c" -o "$dir/probe" 2>/dev/null; then
     # The subshell keeps bash's "Illegal instruction" report off the terminal.
-    if ! ( "$dir/probe" ) >/dev/null 2>&1; then rc=0; fi
+    if ! ( "$dir/probe"; exit $? ) >/dev/null 2>&1; then rc=0; fi
   fi
   rm -rf "$dir"
   return $rc

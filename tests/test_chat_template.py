@@ -8,7 +8,8 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 from conftest import run_cli
 from toolkit import embedded, gguf
-from toolkit.chat_template import ChatTemplate, NoChatTemplate, fold_system, load
+from toolkit.chat_template import ChatTemplate, fold_system, load
+from toolkit.errors import NoChatTemplate
 from toolkit.engine import Engine
 from toolkit.prompts import PromptSet, build_messages
 

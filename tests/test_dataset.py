@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from toolkit.dataset import InvalidInput, load_items, load_previous, render_output, write_output
+from toolkit.dataset import load_items, load_previous, render_output, write_output
+from toolkit.errors import InvalidInput
 
 ITEMS = [{"id": "1", "input": {"question_type": "선택형", "question": "가?"}},
          {"id": 2, "input": {"question_type": "교정형", "question": "나?", "extra": "x"}, "note": "kept"}]

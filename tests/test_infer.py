@@ -138,6 +138,15 @@ def test_dry_run_writes_prompts_and_token_counts(tmp_path):
     assert 150 < first["prompt_tokens"] < 1500
 
 
+def test_dry_run_never_replaces_answers(embedded_run, tmp_path):
+    _, answers = embedded_run
+    out = tmp_path / "answers.json"
+    out.write_text(answers.read_text(encoding="utf-8"), encoding="utf-8")
+    r = run_cli("infer", str(SAMPLES), "--model", str(embedded.smollm2_gguf()), "--dry-run", "--output", str(out))
+    assert r.returncode == 2 and "holds answers" in r.stderr
+    assert read(out) == read(answers)
+
+
 def test_cli_summary_and_json(tmp_path, short_prompts):
     out = tmp_path / "c.json"
     r = run_cli("infer", str(SAMPLES), "--model", str(embedded.smollm2_gguf()), "--output", str(out),

@@ -19,11 +19,7 @@ from jinja2 import nodes
 from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import UserError
-
-
-class NoChatTemplate(UserError):
-    """The model file carries no chat template and none was given."""
+from .errors import NoChatTemplate, UserError
 
 
 class _GenerationTag(Extension):

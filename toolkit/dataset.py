@@ -9,12 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import UserError
+from .errors import InvalidInput
 from .fsutil import write_text_atomic
-
-
-class InvalidInput(UserError):
-    """The competition file is not what the task's format says."""
 
 
 def item_key(item: dict) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backend, gguf, llama_log
-from .errors import LoadFailed, UserError
+from .errors import DecodeFailed, LoadFailed, ToolkitError, UserError
 from .sampler import Sampler
 
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
@@ -159,7 +159,7 @@ class Engine:
             if n >= 0:
                 return buf.raw[:n].decode("utf-8", errors="replace")
             size = -n + 1
-        raise LoadFailed("detokenize failed")
+        raise DecodeFailed("llama.cpp could not detokenize the generated tokens")
 
     def token_text(self, token: int) -> str:
         import llama_cpp
@@ -194,7 +194,7 @@ class Engine:
         arr = (llama_cpp.llama_token * len(tokens))(*tokens)
         rc = llama_cpp.llama_decode(self.ctx, llama_cpp.llama_batch_get_one(arr, len(tokens)))
         if rc != 0:
-            raise LoadFailed(f"llama_decode failed ({rc})")
+            raise DecodeFailed(f"llama.cpp could not evaluate {len(tokens)} tokens (llama_decode returned {rc})")
 
     def _logits(self) -> np.ndarray:
         import llama_cpp
@@ -206,7 +206,7 @@ class Engine:
         import llama_cpp
 
         if self.ctx is None:
-            raise UserError("no context: call open_context first")
+            raise ToolkitError("no context: call open_context first")
         if len(prompt) >= self.n_ctx:
             raise UserError(f"the prompt has {len(prompt)} tokens but the context holds {self.n_ctx}; raise --n-ctx")
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)

@@ -63,6 +63,14 @@ class ModelNotFound(UserError):
     """No model file could be located."""
 
 
+class InvalidInput(UserError):
+    """A competition file that is not what the task's format says."""
+
+
+class NoChatTemplate(UserError):
+    """The model file carries no chat template and none was given."""
+
+
 class ConversionFailed(ToolkitError):
     """llama.cpp's converter exited with an error."""
 
@@ -72,4 +80,8 @@ class QuantizationFailed(ToolkitError):
 
 
 class LoadFailed(ToolkitError):
-    """llama.cpp could not load a model file."""
+    """llama.cpp could not load a model file or create a context."""
+
+
+class DecodeFailed(ToolkitError):
+    """llama.cpp failed while evaluating tokens."""

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,8 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
     if output.resolve() == input_path.resolve():
         raise UserError("the output would overwrite the input file; choose another --output")
     previous = dataset.load_previous(output, items) if settings.resume and not settings.dry_run else {}
+    if settings.dry_run and output.exists() and _holds_answers(output):
+        raise UserError(f"{output} holds answers; a dry run would replace them: choose another --output")
 
     with Engine(model_path, settings.engine) as engine:
         template = chat_template.load(engine.header.chat_template, engine.special_tokens(),
@@ -154,6 +157,14 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
                 result.form_checked += 1
                 result.missing_form += not has_answer_form(outputs[dataset.item_key(item)]["answer"])
         return result
+
+
+def _holds_answers(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, list) and any(isinstance(i, dict) and "answer" in (i.get("output") or {}) for i in data)
 
 
 def _print_header(r: InferResult) -> None:

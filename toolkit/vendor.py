@@ -8,7 +8,6 @@ extracted into a cache directory and its origin is recorded in `source.json`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from . import versions
 from .errors import NotProvisioned, ToolkitError, UserError
+from .fsutil import sha256_file
 
 SDIST_NAME = f"llama_cpp_python-{versions.LLAMA_CPP_PYTHON}.tar.gz"
 # What we take from vendor/llama.cpp: the converter and what it imports, plus the
@@ -106,19 +106,11 @@ def installed_runtime_version() -> str | None:
         return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def download_sdist(dest_dir: Path) -> Path:
     """Fetch the pinned sdist from the package index with pip (no build, no deps)."""
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / SDIST_NAME
-    if target.is_file() and _sha256(target) == versions.LLAMA_CPP_PYTHON_SDIST_SHA256:
+    if target.is_file() and sha256_file(target) == versions.LLAMA_CPP_PYTHON_SDIST_SHA256:
         return target
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python",
            f"llama-cpp-python=={versions.LLAMA_CPP_PYTHON}", "-d", str(dest_dir)]
@@ -156,7 +148,7 @@ def provision(sdist: Path | None = None, force: bool = False) -> Converter:
     sdist = Path(sdist) if sdist else download_sdist(cache_root() / "sdist")
     if not sdist.is_file():
         raise UserError(f"{sdist}: no such file")
-    digest = _sha256(sdist)
+    digest = sha256_file(sdist)
     if digest != versions.LLAMA_CPP_PYTHON_SDIST_SHA256:
         raise UserError(
             f"{sdist} is not llama-cpp-python {versions.LLAMA_CPP_PYTHON}'s sdist (sha256 {digest[:12]}…)"
