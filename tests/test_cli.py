@@ -35,7 +35,7 @@ def test_imatrix_type_is_a_user_error(smollm2_hf, tmp_path):
 
 def test_help_lists_the_commands():
     r = run_cli("--help")
-    for cmd in ("setup", "doctor", "quantize", "inspect", "demo"):
+    for cmd in ("setup", "doctor", "quantize", "inspect", "infer", "score", "demo"):
         assert cmd in r.stdout
 
 
@@ -47,3 +47,4 @@ def test_demo_quantizes_the_embedded_model(tmp_path):
     assert "Q4_K_M" in r.stdout and "architecture     llama" in r.stdout
     answers = json.loads((tmp_path / "models" / "samples.answers.json").read_text(encoding="utf-8"))
     assert len(answers) == 8 and all(isinstance(a["output"]["answer"], str) for a in answers)
+    assert "overall" in r.stdout and "final = (EM + mean of rouge1" in r.stdout

@@ -94,7 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_infer(sub)
 
-    sub.add_parser("demo", help="quantize the embedded SmolLM2-135M-Instruct and answer the bundled sample questions")
+    p = sub.add_parser("score", help="the competition's metrics for predictions against gold answers",
+                       description="Exact match on the \"…\"가 옳다 sentence, ROUGE-1 on Korean morphemes, and "
+                                   "BERTScore / BLEURT when their models are local. Never downloads.")
+    p.add_argument("predictions", type=Path, help="JSON written by `toolkit infer`")
+    p.add_argument("gold", type=Path, help="the same items with gold output.answer")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--bertscore-model", type=Path, help="local bert-base-multilingual-cased (else the HF cache's, if any)")
+    p.add_argument("--bleurt-model", type=Path, help="local BLEURT checkpoint loadable by transformers")
+
+    sub.add_parser("demo", help="quantize the embedded SmolLM2-135M-Instruct, answer and score the sample questions")
     return parser
 
 
@@ -240,20 +249,49 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_score(report) -> None:
+    from rich.table import Table
+
+    def fmt(v):
+        return "—" if v is None else f"{v:.4f}"
+
+    table = Table(title="scores", title_justify="left")
+    for col in ("type", "n", "EM", "ROUGE-1", "BERTScore", "BLEURT", "descriptive", "final"):
+        table.add_column(col, justify="left" if col == "type" else "right")
+    rows = list(report.by_type.items()) + [("overall", report)]
+    for name, r in rows:
+        table.add_row(name, str(r.n), fmt(r.exact_match), fmt(r.rouge1), fmt(r.bertscore), fmt(r.bleurt),
+                      fmt(r.descriptive_avg), fmt(r.final))
+    table.caption = "final = (EM + mean of " + ", ".join(report.metrics_used[1:] or ["no descriptive metric"]) + ") / 2"
+    console.out.print(table)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .score import score
+
+    report = score(args.predictions, args.gold, args.bertscore_model, args.bleurt_model)
+    if args.json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False))
+    else:
+        print_score(report)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
-    quantized, answers = demo.run()
+    quantized, answers, scores = demo.run()
     print_quantize_result(quantized)
     print_inspect(quantized.files[0].path)
     print_infer_result(answers)
+    print_score(scores)
     for item in json.loads(answers.output.read_text(encoding="utf-8"))[:3]:
         console.out.print(f"\n[bold]{item['id']}[/bold] {item['input']['question']}\n→ {item['output']['answer']}")
     return 0
 
 
 COMMANDS = {"setup": cmd_setup, "doctor": cmd_doctor, "quantize": cmd_quantize,
-            "inspect": cmd_inspect, "infer": cmd_infer, "demo": cmd_demo}
+            "inspect": cmd_inspect, "infer": cmd_infer, "score": cmd_score, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

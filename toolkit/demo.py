@@ -1,5 +1,5 @@
 """The demo: the embedded SmolLM2-135M-Instruct, rebuilt as an HF checkpoint, quantized to
-Q4_K_M, then answering the bundled sample questions."""
+Q4_K_M, then answering the bundled sample questions and scoring them against our gold answers."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from . import embedded, vendor
 from .infer import InferResult, InferSettings, infer
 from .quantize import QuantizeResult, QuantizeSettings, quantize
 from .sampler import SamplingParams
+from .score import Report, score
 
 # A 135M model rambles; a shorter budget keeps the demo to a minute on two cores.
 DEMO_MAX_NEW_TOKENS = 128
@@ -20,15 +21,21 @@ def samples_path() -> Path:
     return Path(str(resources.files("toolkit").joinpath("data", "samples.json")))
 
 
+def samples_gold_path() -> Path:
+    """The sample questions with our own gold answers."""
+    return Path(str(resources.files("toolkit").joinpath("data", "samples_gold.json")))
+
+
 def checkpoint() -> Path:
     """The embedded model as a Hugging Face checkpoint (built once, cached)."""
     target = vendor.cache_root() / "checkpoints" / embedded.SMOLLM2_NAME
     return embedded.rebuild_checkpoint(embedded.smollm2_gguf(), target)
 
 
-def run(output_dir: Path = Path("models")) -> tuple[QuantizeResult, InferResult]:
+def run(output_dir: Path = Path("models")) -> tuple[QuantizeResult, InferResult, Report]:
     quantized = quantize(str(checkpoint()), QuantizeSettings(types=("Q4_K_M",), output_dir=output_dir))
     model = quantized.files[0].path
     settings = InferSettings(model=model, output=output_dir / "samples.answers.json",
                              sampling=replace(SamplingParams(), max_new_tokens=DEMO_MAX_NEW_TOKENS))
-    return quantized, infer(samples_path(), settings)
+    answers = infer(samples_path(), settings)
+    return quantized, answers, score(answers.output, samples_gold_path())

@@ -1,0 +1,256 @@
+"""The `score` verb: the competition's metrics, offline, by question type.
+
+Exact match (EM) is taken on the sentence an answer declares correct — the part before the
+first `가 옳다` / `이 옳다` — after normalizing:
+  * curly quotes become straight ones, surrounding whitespace goes, and one pair of quotes
+    around the sentence is dropped (so `"A"가 옳다`, `“A” 가 옳다` and `A가 옳다` all give `A`);
+  * a gold sentence that offers alternatives (`"A" 혹은 "B"`, also 또는) matches either.
+An answer without the form scores EM 0 and its whole text counts as the reason.
+
+The reason is the text after that first `옳다.`. ROUGE-1 is the F1 of morpheme unigrams from
+kiwipiepy (the official script tokenizes with Mecab, so figures can differ slightly).
+BERTScore (bert-base-multilingual-cased, layer 9, no rescaling) and BLEURT run only on a
+local model — given by path or already in the HF cache — and are never downloaded.
+Final = (EM + mean of the descriptive metrics computed) / 2.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InvalidInput, UserError
+
+_QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"', "″": '"', "‘": "'", "’": "'", "`": "'"})
+# The form right after a closing quote first (a sentence may itself contain "가 옳다").
+_FORM_AFTER_QUOTE = re.compile(r"(?<=[\"'])\s*[가이]\s*옳다\.?")
+_FORM = re.compile(r"\s*[가이]\s*옳다\.?")
+_ALTERNATIVES = re.compile(r"(?<=[\"'])\s*(?:혹은|또는)\s*(?=[\"'])")
+
+BERTSCORE_REPO = "bert-base-multilingual-cased"
+BERTSCORE_LAYER = 9  # bert_score's choice for this model
+BLEURT_REPO = "Elron/bleurt-base-512"  # a BLEURT port loadable by transformers
+
+
+@dataclass(frozen=True)
+class SplitAnswer:
+    sentence: str | None  # None: the answer does not use the form
+    reason: str
+
+
+def _normalize(text: str) -> str:
+    return text.translate(_QUOTES).strip()
+
+
+def _unquote(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text
+
+
+def split_answer(answer: str) -> SplitAnswer:
+    text = _normalize(answer)
+    m = _FORM_AFTER_QUOTE.search(text) or _FORM.search(text)
+    if m is None:
+        return SplitAnswer(None, text)
+    return SplitAnswer(text[:m.start()].strip(), text[m.end():].strip())
+
+
+def gold_sentences(sentence: str) -> set[str]:
+    return {_unquote(part) for part in _ALTERNATIVES.split(sentence)}
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    pred, ref = split_answer(prediction), split_answer(gold)
+    if pred.sentence is None:
+        return 0.0
+    targets = gold_sentences(ref.sentence) if ref.sentence is not None else {_unquote(ref.reason)}
+    return float(_unquote(pred.sentence) in targets)
+
+
+class Rouge1:
+    """ROUGE-1 F1 over Korean morphemes (kiwipiepy ships its model: offline)."""
+
+    def __init__(self) -> None:
+        from kiwipiepy import Kiwi
+
+        self._kiwi = Kiwi()
+
+    def tokens(self, text: str) -> list[str]:
+        return [t.form for t in self._kiwi.tokenize(text)] if text.strip() else []
+
+    def f1(self, prediction: str, reference: str) -> float:
+        p, r = Counter(self.tokens(prediction)), Counter(self.tokens(reference))
+        overlap = sum((p & r).values())
+        if not overlap:
+            return 0.0
+        precision, recall = overlap / sum(p.values()), overlap / sum(r.values())
+        return 2 * precision * recall / (precision + recall)
+
+
+def _local_model(path: Path | None, repo_id: str) -> str | None:
+    """A model directory: the one given, else the HF cache's copy of repo_id, else None."""
+    if path is not None:
+        if not (Path(path) / "config.json").is_file():
+            raise UserError(f"{path}: not a model directory (no config.json)")
+        return str(path)
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    return str(Path(cached).parent) if isinstance(cached, str) else None
+
+
+def bertscore_f1(predictions: list[str], references: list[str], model_dir: str,
+                 layer: int = BERTSCORE_LAYER, batch_size: int = 16) -> list[float]:
+    """BERTScore F1 (greedy cosine matching of contextual embeddings, special tokens excluded)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
+    layer = min(layer, model.config.num_hidden_layers)
+
+    def embed(texts: list[str]) -> list[torch.Tensor]:
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=510,
+                            return_tensors="pt", return_special_tokens_mask=True)
+            special = enc.pop("special_tokens_mask").bool()
+            with torch.no_grad():
+                hidden = model(**enc, output_hidden_states=True).hidden_states[layer]
+            keep = enc["attention_mask"].bool() & ~special
+            for h, k in zip(hidden, keep):
+                out.append(torch.nn.functional.normalize(h[k], dim=-1))
+        return out
+
+    scores = []
+    for p, r in zip(embed(predictions), embed(references)):
+        if len(p) == 0 or len(r) == 0:
+            scores.append(0.0)
+            continue
+        sim = p @ r.T
+        precision, recall = sim.max(dim=1).values.mean().item(), sim.max(dim=0).values.mean().item()
+        scores.append(2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0)
+    return scores
+
+
+def bleurt_scores(predictions: list[str], references: list[str], model_dir: str, batch_size: int = 16) -> list[float]:
+    """BLEURT: a regression head over (reference, candidate) pairs."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True).eval()
+    scores: list[float] = []
+    for i in range(0, len(predictions), batch_size):
+        enc = tokenizer(references[i:i + batch_size], predictions[i:i + batch_size], padding=True,
+                        truncation=True, max_length=512, return_tensors="pt")
+        with torch.no_grad():
+            scores.extend(model(**enc).logits[:, 0].tolist())
+    return scores
+
+
+DESCRIPTIVE = ("rouge1", "bertscore", "bleurt")
+
+
+def final_score(exact: float, descriptive: dict[str, float | None]) -> tuple[float | None, float, list[str]]:
+    """(descriptive average, final, metrics used): final = (EM + mean of computed descriptive) / 2."""
+    used = [k for k in DESCRIPTIVE if descriptive.get(k) is not None]
+    if not used:
+        return None, exact, ["exact_match"]
+    avg = sum(descriptive[k] for k in used) / len(used)
+    return avg, (exact + avg) / 2, ["exact_match", *used]
+
+
+@dataclass
+class Report:
+    n: int
+    exact_match: float
+    rouge1: float | None
+    bertscore: float | None
+    bleurt: float | None
+    descriptive_avg: float | None
+    final: float
+    metrics_used: list[str]
+    by_type: dict[str, "Report"] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("n", "exact_match", "rouge1", "bertscore", "bleurt",
+                                           "descriptive_avg", "final", "metrics_used")}
+        if self.by_type:
+            d["by_type"] = {t: r.as_dict() for t, r in self.by_type.items()}
+        return d
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _report(rows: list[dict]) -> Report:
+    em = _mean([r["exact_match"] for r in rows])
+    desc = {k: (_mean([r[k] for r in rows]) if rows and rows[0][k] is not None else None) for k in DESCRIPTIVE}
+    avg, final, used = final_score(em, desc)
+    return Report(len(rows), em, desc["rouge1"], desc["bertscore"], desc["bleurt"], avg, final, used)
+
+
+def _load(path: Path, role: str) -> list[dict]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: no such file") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, list) or not data:
+        raise InvalidInput(f"{path}: expected a non-empty JSON list of {role} items")
+    seen = set()
+    for n, item in enumerate(data, 1):
+        if not isinstance(item, dict) or "id" not in item:
+            raise InvalidInput(f"{path}: item {n} has no 'id'")
+        key = str(item["id"])
+        if key in seen:
+            raise InvalidInput(f"{path}: duplicate id {key!r}")
+        seen.add(key)
+        answer = (item.get("output") or {}).get("answer") if isinstance(item.get("output"), dict) else None
+        if not isinstance(answer, str):
+            raise InvalidInput(f"{path}: item {key!r} has no output.answer")
+    return data
+
+
+def score(pred_path: Path, gold_path: Path, bertscore_model: Path | None = None,
+          bleurt_model: Path | None = None) -> Report:
+    preds, golds = _load(pred_path, "prediction"), _load(gold_path, "gold")
+    if len(preds) != len(golds):
+        raise InvalidInput(f"{pred_path} has {len(preds)} items but {gold_path} has {len(golds)}")
+    gold_by_id = {str(g["id"]): g for g in golds}
+    missing = [str(p["id"]) for p in preds if str(p["id"]) not in gold_by_id]
+    if missing:
+        raise InvalidInput(f"{pred_path}: id {missing[0]!r} is not in {gold_path} ({len(missing)} such ids)")
+    pairs = [(p["output"]["answer"], gold_by_id[str(p["id"])]) for p in preds]
+    pred_reasons = [split_answer(a).reason for a, _ in pairs]
+    gold_reasons = [split_answer(g["output"]["answer"]).reason for _, g in pairs]
+
+    rouge = Rouge1()
+    columns: dict[str, list[float] | None] = {
+        "exact_match": [exact_match(a, g["output"]["answer"]) for a, g in pairs],
+        "rouge1": [rouge.f1(p, r) for p, r in zip(pred_reasons, gold_reasons)],
+        "bertscore": None,
+        "bleurt": None,
+    }
+    if (bert := _local_model(bertscore_model, BERTSCORE_REPO)) is not None:
+        columns["bertscore"] = bertscore_f1(pred_reasons, gold_reasons, bert)
+    if (bleurt := _local_model(bleurt_model, BLEURT_REPO)) is not None:
+        columns["bleurt"] = bleurt_scores(pred_reasons, gold_reasons, bleurt)
+
+    rows = []
+    for i, (_, gold) in enumerate(pairs):
+        row = {k: (v[i] if v is not None else None) for k, v in columns.items()}
+        row["type"] = str((gold.get("input") or {}).get("question_type", "unknown"))
+        rows.append(row)
+    report = _report(rows)
+    for qtype in dict.fromkeys(r["type"] for r in rows):
+        report.by_type[qtype] = _report([r for r in rows if r["type"] == qtype])
+    return report
