@@ -25,7 +25,8 @@ SHORT_TOML = 'system = "짧게 답하시오."\nselection = "옳은 것을 고르
 
 
 def settings(**kw):
-    return InferSettings(**{"model": embedded.smollm2_gguf(), "sampling": FAST, "prompts": SHORT, **kw})
+    # One at a time: the single-stream contract (tests/test_parallel.py covers batching).
+    return InferSettings(**{"model": embedded.smollm2_gguf(), "sampling": FAST, "prompts": SHORT, "parallel": 1, **kw})
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ def test_embedded_model_answers_every_item(embedded_run):
 def test_quantized_file_from_toolkit_quantize(smollm2_quantized, tmp_path):
     q4 = smollm2_quantized.files[0].path
     out = tmp_path / "a.json"
-    result = infer(SAMPLES, settings(model=q4, output=out))
+    result = infer(SAMPLES, settings(model=q4, output=out, parallel=None))  # the default: batched
     check_contract(out)
     assert result.load.quant_type == "Q4_K_M"
 
@@ -103,7 +104,7 @@ def test_kill_and_resume(embedded_run, tmp_path, short_prompts):
     _, reference = embedded_run
     out = tmp_path / "k.json"
     cmd = [sys.executable, "-m", "toolkit", "infer", str(SAMPLES), "--model", str(embedded.smollm2_gguf()),
-           "--output", str(out), "--max-new-tokens", "24", "--prompts", short_prompts]
+           "--output", str(out), "--max-new-tokens", "24", "--prompts", short_prompts, "--parallel", "1"]
     kills = 0
     for _ in range(12):
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -150,7 +151,7 @@ def test_dry_run_never_replaces_answers(embedded_run, tmp_path):
 def test_cli_summary_and_json(tmp_path, short_prompts):
     out = tmp_path / "c.json"
     r = run_cli("infer", str(SAMPLES), "--model", str(embedded.smollm2_gguf()), "--output", str(out),
-                "--max-new-tokens", "8", "--greedy", "--json", "--prompts", short_prompts)
+                "--max-new-tokens", "8", "--greedy", "--json", "--prompts", short_prompts, "--parallel", "1")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["items"] == summary["generated"] == 8 and summary["new_tokens"] > 0

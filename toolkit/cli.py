@@ -69,6 +69,12 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--n-ctx", type=int, help="context size (default: longest prompt + max-new-tokens)")
     g.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     g.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto")
+    g = p.add_argument_group("throughput")
+    g.add_argument("--parallel", type=int, help="questions decoded together (default: 16 on a GPU, 4 on the CPU; "
+                                                 "1: one at a time)")
+    g.add_argument("--batch-invariant", action="store_true",
+                   help="kernels and cache layout that make a batched run give the single-stream tokens on "
+                        "the CPU (slower there)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     _add_infer(sub)
+
+    p = sub.add_parser("bench", help="prompt / generation / aggregate tok/s and memory at several --parallel",
+                       description="Runs infer on the questions (default: the bundled samples) once per --parallel "
+                                   "setting, each in a fresh process, with the seed's sampling.")
+    p.add_argument("model", type=Path, help="GGUF file")
+    p.add_argument("--input", type=Path, help="competition JSON (default: the bundled sample questions)")
+    p.add_argument("--repeat", type=int, default=1, help="use the questions this many times over")
+    p.add_argument("--parallel", type=int, action="append", help="repeatable (default: 1 and 4)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--n-gpu-layers", type=int, default=-1)
+    p.add_argument("--batch-invariant", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a list of objects")
 
     p = sub.add_parser("score", help="the competition's metrics for predictions against gold answers",
                        description="Exact match on the \"…\"가 옳다 sentence, ROUGE-1 on Korean morphemes, and "
@@ -210,10 +228,11 @@ def infer_settings(args: argparse.Namespace):
                               repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
                               do_sample=not args.greedy, num_beams=args.num_beams, seed=args.seed)
     engine = EngineSettings(n_gpu_layers=args.n_gpu_layers, n_ctx=args.n_ctx, threads=args.threads,
-                            flash_attn={"auto": None, "on": True, "off": False}[args.flash_attn])
+                            flash_attn={"auto": None, "on": True, "off": False}[args.flash_attn],
+                            batch_invariant=args.batch_invariant)
     return InferSettings(model=args.model, output=args.output, sampling=sampling, engine=engine,
                          prompts=prompts, chat_template=args.chat_template, resume=args.resume,
-                         dry_run=args.dry_run)
+                         dry_run=args.dry_run, parallel=args.parallel)
 
 
 def print_infer_result(r, as_json: bool = False) -> None:
@@ -277,6 +296,37 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from . import demo
+    from .bench import BenchSettings, bench
+    from .engine import EngineSettings
+    from .errors import ModelNotFound
+
+    if not args.model.is_file():
+        raise ModelNotFound(f"{args.model}: no such model file")
+    settings = BenchSettings(parallel=tuple(args.parallel or (1, 4)),
+                             sampling=SamplingParams(max_new_tokens=args.max_new_tokens).validate(),
+                             engine=EngineSettings(n_gpu_layers=args.n_gpu_layers,
+                                                   batch_invariant=args.batch_invariant))
+    rows = bench(args.model, args.input or demo.samples_path(), settings, repeat=args.repeat)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    table = Table(title=f"{args.model.name}", title_justify="left")
+    cols = [("parallel", "parallel"), ("prompt tok/s", "prompt_tps"), ("gen tok/s", "gen_tps"),
+            ("aggregate tok/s", "aggregate_tps"), ("s/item", "seconds_per_item"), ("peak RSS MB", "peak_rss_mb"),
+            ("peak VRAM MB", "peak_vram_mb")]
+    for title, _ in cols:
+        table.add_column(title, justify="right")
+    for row in rows:
+        table.add_row(*("—" if row[key] is None else str(row[key]) for _, key in cols))
+    table.caption = "aggregate = generated tokens of all sequences / generation wall time"
+    console.out.print(table)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
@@ -291,7 +341,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"setup": cmd_setup, "doctor": cmd_doctor, "quantize": cmd_quantize,
-            "inspect": cmd_inspect, "infer": cmd_infer, "score": cmd_score, "demo": cmd_demo}
+            "inspect": cmd_inspect, "infer": cmd_infer, "bench": cmd_bench, "score": cmd_score, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

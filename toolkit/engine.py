@@ -30,6 +30,11 @@ class EngineSettings:
     n_batch: int = 512
     threads: int | None = None  # None: every core
     flash_attn: bool | None = None  # None: llama.cpp decides on a GPU; off on the CPU
+    # llama.cpp's kernels are not batch-invariant: CPU weight repacking picks other matmul
+    # kernels for several rows than for one, and a shared KV cache interleaves sequences.
+    # True turns both off, so on the CPU a batched run gives exactly the single-stream tokens
+    # (about 20% slower there; no effect on layers offloaded to a GPU, whose kernels still vary).
+    batch_invariant: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class Engine:
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = settings.n_gpu_layers if settings.n_gpu_layers >= 0 else 1_000_000
+        mparams.use_extra_bufts = not settings.batch_invariant  # the CPU's repacked weights
         with llama_log.capture() as log:
             self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self.model:
@@ -84,7 +90,7 @@ class Engine:
         self.n_ctx = 0
 
     # -- context -----------------------------------------------------------------------------
-    def open_context(self, n_ctx: int, n_seq_max: int = 1) -> None:
+    def open_context(self, n_ctx: int, n_seq_max: int = 1, kv_unified: bool = False) -> None:
         import llama_cpp
 
         self.close_context()
@@ -93,6 +99,7 @@ class Engine:
         cparams.n_batch = min(self.settings.n_batch, n_ctx)
         cparams.n_ubatch = min(self.settings.n_batch, n_ctx)
         cparams.n_seq_max = n_seq_max
+        cparams.kv_unified = kv_unified  # one cache for all sequences: shared heads are not copied
         threads = self.settings.threads or os.cpu_count() or 1
         cparams.n_threads = cparams.n_threads_batch = threads
         if self.settings.flash_attn is not None:

@@ -14,8 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from . import chat_template, console, dataset, embedded
 from .clean import clean_answer, has_answer_form
-from .engine import Engine, EngineSettings, LoadInfo
+from .engine import Engine, EngineSettings, Generation, LoadInfo
 from .errors import ModelNotFound, UserError
+from .parallel import ParallelDecoder, Request, kv_cells, shared_prefixes
 from .prompts import CORRECTION, SELECTION, PromptSet, build_messages, warn_unknown_types
 from .sampler import Sampler, SamplingParams, item_seed
 
@@ -31,6 +32,7 @@ class InferSettings:
     resume: bool = True
     dry_run: bool = False
     models_dir: Path = Path("models")
+    parallel: int | None = None  # sequences decoded together; None: DEFAULT_PARALLEL for the backend
 
 
 @dataclass
@@ -50,6 +52,8 @@ class InferResult:
     cut_at_max_tokens: int = 0
     form_checked: int = 0  # 선택형/교정형 answers
     missing_form: int = 0  # … of which lack "…"가 옳다
+
+    parallel: int = 1
 
     @property
     def tokens_per_second(self) -> float:
@@ -75,6 +79,43 @@ def resolve_model(settings: InferSettings) -> Path:
 def default_output(input_path: Path, model: Path, dry_run: bool) -> Path:
     suffix = "prompts" if dry_run else model.stem
     return input_path.with_name(f"{input_path.stem}.{suffix}.json")
+
+
+# Sequences decoded together by default: a GPU has room for many; on a few CPU cores a
+# handful already hides most of the per-step cost (see scripts/bench_vs_baseline.py).
+DEFAULT_PARALLEL_GPU = 16
+DEFAULT_PARALLEL_CPU = 4
+
+
+def default_parallel(engine: Engine) -> int:
+    return DEFAULT_PARALLEL_GPU if engine.info.layers_offloaded else DEFAULT_PARALLEL_CPU
+
+
+@dataclass
+class _Plan:
+    prefixes: list[list[int]]
+    prefix_of: list[int]  # per item: index of its shared head, -1 for none
+    n_ctx: int
+
+
+def _plan(items: list[dict], token_ids: dict[str, list[int]], parallel: int, max_new_tokens: int,
+          unified: bool) -> _Plan:
+    """Shared heads per question type, and the KV cells the batched run needs."""
+    by_type: dict[str, list[int]] = {}
+    for n, item in enumerate(items):
+        by_type.setdefault(str(item["input"].get("question_type", "")), []).append(n)
+    prompts = [token_ids[dataset.item_key(i)] for i in items]
+    heads = shared_prefixes([[prompts[n] for n in members] for members in by_type.values()])
+    prefixes, prefix_of = [], [-1] * len(items)
+    for head, members in zip(heads, by_type.values()):
+        if head:
+            for n in members:
+                prefix_of[n] = len(prefixes)
+            prefixes.append(head)
+    cells = kv_cells(prefixes, prompts, prefix_of, parallel, max_new_tokens, unified)
+    n_seq = min(parallel, len(items)) + len(prefixes)
+    step = 256 if unified else 256 * n_seq  # a split cache divides n_ctx evenly among sequences
+    return _Plan(prefixes, prefix_of, -(-cells // step) * step)
 
 
 def fit_context(longest_prompt: int, max_new_tokens: int, n_ctx_train: int) -> int:
@@ -117,10 +158,19 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
             rendered[key] = template.render(messages)
             token_ids[key] = engine.tokenize(rendered[key])
         longest = max(len(t) for t in token_ids.values())
-        n_ctx = settings.engine.n_ctx or fit_context(longest, params.max_new_tokens, engine.info.n_ctx_train)
-        if longest >= n_ctx:
+        todo = [i for i in items if dataset.item_key(i) not in previous]
+        parallel = max(1, min(settings.parallel or default_parallel(engine), len(todo) or 1))
+        unified = not settings.engine.batch_invariant
+        # One at a time takes the plain path, except batch-invariant runs: they share the
+        # batched path's prompt split so that N=1 and N>1 give the same tokens.
+        batched = parallel > 1 or settings.engine.batch_invariant
+        plan = _plan(todo, token_ids, parallel, params.max_new_tokens, unified) if batched and todo else None
+        n_ctx = settings.engine.n_ctx or (
+            plan.n_ctx if plan else fit_context(longest, params.max_new_tokens, engine.info.n_ctx_train))
+        if longest >= min(n_ctx, engine.info.n_ctx_train):
             raise UserError(f"the longest prompt has {longest} tokens but the context is {n_ctx}; raise --n-ctx")
-        result = InferResult(output, model_path, engine.info, n_ctx, len(items), resumed=len(previous))
+        result = InferResult(output, model_path, engine.info, n_ctx, len(items), resumed=len(previous),
+                             parallel=parallel)
         _print_header(result)
 
         if settings.dry_run:
@@ -128,28 +178,47 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
             dataset.write_output(output, items, outputs)
             return result
 
-        engine.open_context(n_ctx)
-        result.n_ctx = engine.n_ctx
         specials = engine.control_token_texts()
         outputs = {k: {"answer": a} for k, a in previous.items()}
-        todo = [i for i in items if dataset.item_key(i) not in previous]
         started = time.perf_counter()
         with _progress() as progress:
             task = progress.add_task("infer", total=len(todo), tps=0.0)
-            for item in todo:
-                key = dataset.item_key(item)
-                sampler = Sampler(params, token_ids[key], engine.n_vocab, item_seed(params.seed, key))
-                gen = engine.generate(token_ids[key], sampler, params.max_new_tokens)
+
+            def done(key: str, gen: Generation) -> None:
                 outputs[key] = {"answer": clean_answer(gen.text, specials)}
-                dataset.write_output(output, items, outputs)  # a kill loses only the item in flight
+                dataset.write_output(output, items, outputs)  # a kill loses only the items in flight
                 result.generated += 1
-                result.prompt_tokens += gen.prompt_tokens
                 result.new_tokens += len(gen.tokens)
-                result.prompt_seconds += gen.prompt_seconds
-                result.gen_seconds += gen.gen_seconds
                 result.cut_at_max_tokens += gen.stopped != "eog"
                 result.seconds = time.perf_counter() - started
                 progress.update(task, advance=1, tps=result.tokens_per_second)
+
+            if plan is None:
+                engine.open_context(n_ctx)
+                for item in todo:
+                    key = dataset.item_key(item)
+                    sampler = Sampler(params, token_ids[key], engine.n_vocab, item_seed(params.seed, key))
+                    gen = engine.generate(token_ids[key], sampler, params.max_new_tokens)
+                    result.prompt_tokens += gen.prompt_tokens
+                    result.prompt_seconds += gen.prompt_seconds
+                    result.gen_seconds += gen.gen_seconds
+                    done(key, gen)
+            else:
+                engine.open_context(n_ctx, n_seq_max=parallel + len(plan.prefixes), kv_unified=unified)
+                keys = [dataset.item_key(i) for i in todo]
+                # A generator: each sampler (a vocab-sized array) is made when its slot starts.
+                requests = (Request(key, token_ids[key],
+                                    Sampler(params, token_ids[key], engine.n_vocab, item_seed(params.seed, key)),
+                                    params.max_new_tokens, plan.prefix_of[n]) for n, key in enumerate(keys))
+                decoder = ParallelDecoder(engine, parallel, plan.prefixes, invariant=not unified)
+                try:
+                    stats = decoder.run(requests, lambda req, gen: done(req.key, gen))
+                finally:
+                    decoder.close()
+                result.prompt_tokens += stats.prompt_tokens
+                result.prompt_seconds += stats.prompt_seconds
+                result.gen_seconds += stats.gen_seconds
+        result.n_ctx = engine.n_ctx or n_ctx
         if not todo:
             dataset.write_output(output, items, outputs)
         for item in items:
@@ -172,5 +241,5 @@ def _print_header(r: InferResult) -> None:
     console.err.print(f"model    {info.path}")
     console.err.print(f"         {info.architecture}, {info.quant_type}, "
                       f"{info.layers_offloaded}/{info.layers_total} layers on the GPU, backend {info.backend}")
-    console.err.print(f"context  {r.n_ctx} tokens (trained {info.n_ctx_train})")
+    console.err.print(f"context  {r.n_ctx} tokens (trained {info.n_ctx_train}), {r.parallel} sequence(s) at a time")
     console.err.print(f"items    {r.items} ({r.resumed} already answered in {r.output})")

@@ -1,0 +1,132 @@
+"""Batched decoding: same answers as one at a time (batch-invariant mode), reproducible, complete."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, run_cli
+from toolkit import demo, embedded
+from toolkit.bench import repeated
+from toolkit.engine import EngineSettings
+from toolkit.infer import InferSettings, infer
+from toolkit.parallel import kv_cells, shared_prefixes
+from toolkit.prompts import PromptSet
+from toolkit.sampler import SamplingParams
+
+SHORT = PromptSet(system="짧게 답하시오. 반드시 한국어로 답하시오.", selection="옳은 것을 고르고 이유를 쓰시오.",
+                  correction="틀린 곳을 고치고 이유를 쓰시오.", generic="답하시오.")
+
+
+@pytest.fixture(scope="module")
+def questions(tmp_path_factory):
+    return repeated(demo.samples_path(), 2, tmp_path_factory.mktemp("q"))  # 16 items, 3 question types
+
+
+def run(questions, out, parallel, **kw):
+    sampling = kw.pop("sampling", SamplingParams(max_new_tokens=16))
+    result = infer(questions, InferSettings(model=embedded.smollm2_gguf(), output=out, resume=kw.pop("resume", False),
+                                            parallel=parallel, prompts=SHORT, sampling=sampling, **kw))
+    return result, json.loads(out.read_text(encoding="utf-8"))
+
+
+def answers(data):
+    return [d["output"]["answer"] for d in data]
+
+
+def test_shared_prefixes():
+    a, b, c = [1, 2, 3, 4, 5] * 6, [1, 2, 3, 4, 5] * 5 + [9, 9, 9, 9, 9], [7] * 30
+    heads = shared_prefixes([[a, b], [c], [a, a]])
+    assert heads == [[1, 2, 3, 4, 5] * 5, [], a[:-1]]  # one token of each prompt is always left
+    assert shared_prefixes([[[1] * 10, [1] * 10]]) == [[]]  # below MIN_SHARED_PREFIX
+    assert kv_cells([a[:25]], [a, b], [0, 0], 2, 100) == 25 + 2 * (30 - 25 + 100)
+    assert kv_cells([a[:25]], [a, b], [0, 0], 2, 100, unified=False) == (30 + 100) * 3
+
+
+def test_greedy_batched_equals_single_stream(questions, tmp_path):
+    """Batch-invariant mode: every item's greedy tokens are the same at --parallel 1, 3 and 8."""
+    greedy = SamplingParams(max_new_tokens=16, do_sample=False)
+    bi = EngineSettings(batch_invariant=True)
+    _, one = run(questions, tmp_path / "p1.json", 1, sampling=greedy, engine=bi)
+    _, three = run(questions, tmp_path / "p3.json", 3, sampling=greedy, engine=bi)
+    r8, eight = run(questions, tmp_path / "p8.json", 8, sampling=greedy, engine=bi)
+    assert answers(one) == answers(three) == answers(eight)
+    assert r8.parallel == 8 and len(set(answers(one))) > 1
+
+
+def test_batched_sampling_is_reproducible_and_complete(questions, tmp_path):
+    first, a = run(questions, tmp_path / "a.json", 4)
+    _, b = run(questions, tmp_path / "b.json", 4)
+    assert answers(a) == answers(b)
+    items = json.loads(questions.read_text(encoding="utf-8"))
+    assert [d["id"] for d in a] == [i["id"] for i in items]  # order kept, nothing lost or doubled
+    assert first.generated == len(items) == 16 and first.parallel == 4
+    # Shared heads: each question type's common prompt head is evaluated once, not 16 times.
+    _, prompts = run(questions, tmp_path / "prompts.json", 4, dry_run=True)
+    assert first.prompt_tokens < sum(p["output"]["prompt_tokens"] for p in prompts) / 2
+
+
+@pytest.mark.parametrize("invariant", [False, True])
+def test_resume_with_parallel(questions, tmp_path, invariant):
+    engine = EngineSettings(batch_invariant=invariant)
+    _, full = run(questions, tmp_path / "full.json", 4, engine=engine)
+    partial = tmp_path / "partial.json"
+    data = [dict(d) for d in full]
+    for d in data[5:]:
+        d.pop("output")
+    partial.write_text(json.dumps(data, ensure_ascii=False, indent=4), encoding="utf-8")
+    result, resumed = run(questions, partial, 4, resume=True, engine=engine)
+    assert (result.resumed, result.generated) == (5, 11)
+    assert answers(resumed)[:5] == answers(full)[:5] and all("output" in d for d in resumed)
+    if invariant:  # other batch companions, same tokens: the run is as if never interrupted
+        assert answers(resumed) == answers(full)
+
+
+def test_kill_and_resume_with_parallel(questions, tmp_path):
+    out = tmp_path / "k.json"
+    prompts = tmp_path / "p.toml"
+    prompts.write_text('system = "짧게 답하시오."\nselection = "고르시오."\ncorrection = "고치시오."\n', encoding="utf-8")
+    cmd = [sys.executable, "-m", "toolkit", "infer", str(questions), "--model", str(embedded.smollm2_gguf()),
+           "--output", str(out), "--max-new-tokens", "16", "--parallel", "4", "--prompts", str(prompts)]
+
+    def answered():
+        return sum("output" in d for d in json.loads(out.read_text(encoding="utf-8"))) if out.exists() else 0
+
+    kills = 0
+    for _ in range(10):
+        before = answered()
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 90
+        while proc.poll() is None and time.monotonic() < deadline:
+            if answered() >= before + 3:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.02)
+        proc.wait()
+        if proc.returncode == 0:
+            break
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert kills >= 1 and all("output" in d for d in data) and len(data) == 16
+    assert len({d["id"] for d in data}) == 16
+
+
+def test_bench_json(tmp_path):
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps(json.loads(demo.samples_path().read_text(encoding="utf-8"))[:2]), encoding="utf-8")
+    r = run_cli("bench", str(embedded.smollm2_gguf()), "--input", str(two), "--repeat", "2", "--parallel", "1",
+                "--parallel", "2", "--max-new-tokens", "4", "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [row["parallel"] for row in rows] == [1, 2]
+    for row in rows:
+        assert {"parallel", "prompt_tps", "gen_tps", "aggregate_tps", "seconds_per_item", "peak_rss_mb"} <= set(row)
+        assert row["prompt_tps"] > 0 and row["peak_rss_mb"] > 50 and row["items"] == 4
+
+
+def test_bench_bad_model(tmp_path):
+    r = run_cli("bench", str(tmp_path / "none.gguf"))
+    assert r.returncode == 2 and "no such model file" in r.stderr

@@ -1,0 +1,106 @@
+"""The `bench` verb: throughput of `infer` at several --parallel settings, each in its own
+process (so peak memory is that setting's own)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import tempfile
+import threading
+import time
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .engine import EngineSettings
+from .sampler import SamplingParams
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    parallel: tuple[int, ...] = (1, 4)
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(max_new_tokens=128))
+    engine: EngineSettings = field(default_factory=EngineSettings)
+
+
+def _watch_vram(stop: threading.Event, peak: list[int]) -> None:
+    from . import backend
+
+    while not stop.wait(0.2):
+        used = sum(d.total_bytes - d.free_bytes for d in backend.gpus())
+        peak[0] = max(peak[0], used)
+
+
+def _run_one(model: str, input_path: str, parallel: int, sampling: SamplingParams, engine: EngineSettings,
+             out: "mp.Queue") -> None:
+    try:
+        out.put(_measure(model, input_path, parallel, sampling, engine))
+    except BaseException as e:  # reported by the parent, which would otherwise wait forever
+        out.put({"error": f"{type(e).__name__}: {e}"})
+
+
+def _measure(model: str, input_path: str, parallel: int, sampling: SamplingParams, engine: EngineSettings) -> dict:
+    from . import backend
+    from .infer import InferSettings, infer
+
+    has_gpu = bool(backend.gpus())
+    stop, peak = threading.Event(), [0]
+    watcher = threading.Thread(target=_watch_vram, args=(stop, peak), daemon=True) if has_gpu else None
+    if watcher:
+        watcher.start()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        r = infer(Path(input_path), InferSettings(model=Path(model), output=Path(tmp) / "out.json", resume=False,
+                                                  parallel=parallel, sampling=sampling, engine=engine))
+        wall = time.perf_counter() - t0
+    stop.set()
+    return {
+        "parallel": r.parallel,
+        "items": r.generated,
+        "prompt_tokens": r.prompt_tokens,
+        "new_tokens": r.new_tokens,
+        "prompt_tps": round(r.prompt_tokens / r.prompt_seconds, 2) if r.prompt_seconds else 0.0,
+        "gen_tps": round(r.new_tokens / r.gen_seconds, 2) if r.gen_seconds else 0.0,
+        # Answers' tokens per second of generation wall time, all sequences together.
+        "aggregate_tps": round(r.new_tokens / r.seconds, 2) if r.seconds else 0.0,
+        "seconds_per_item": round(r.seconds / max(r.generated, 1), 3),
+        "wall_seconds": round(wall, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_vram_mb": round(peak[0] / 2**20, 1) if has_gpu else None,
+    }
+
+
+def repeated(input_path: Path, times: int, directory: Path) -> Path:
+    """The input's items `times` over (ids made unique), for batches bigger than the file."""
+    from .dataset import load_items
+
+    items = load_items(input_path)
+    if times <= 1:
+        return input_path
+    many = [{**item, "id": f"{item['id']}#{k}"} for k in range(times) for item in items]
+    path = directory / f"{input_path.stem}.x{times}.json"
+    path.write_text(json.dumps(many, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def bench(model: Path, input_path: Path, settings: BenchSettings = BenchSettings(), repeat: int = 1) -> list[dict]:
+    from .dataset import load_items
+    from .errors import ToolkitError
+
+    load_items(input_path)  # a bad input fails here, once, with the usual message
+    ctx = mp.get_context("spawn")  # a fresh process per setting: its own peak RSS, no shared state
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = repeated(input_path, repeat, Path(tmp))
+        for parallel in settings.parallel:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_run_one, args=(str(model), str(path), parallel, settings.sampling,
+                                                      settings.engine, queue))
+            proc.start()
+            row = queue.get()
+            proc.join()
+            if "error" in row:
+                raise ToolkitError(f"bench at --parallel {parallel} failed: {row['error']}")
+            rows.append(row)
+    return rows
+
