@@ -3,8 +3,9 @@
 # the pinned sdist, torch for the converter, the embedded model, and llama.cpp's converter
 # taken from that same sdist.
 #
-#   bash scripts/setup.sh                                   # CPU build
-#   CMAKE_ARGS="-DGGML_CUDA=on" bash scripts/setup.sh       # CUDA build (needs nvcc + cuBLAS)
+#   bash scripts/setup.sh                                   # CUDA build when nvcc, cuBLAS and a GPU are there, else CPU
+#   CMAKE_ARGS="-DGGML_CUDA=on" bash scripts/setup.sh       # force a CUDA build (e.g. on a node without a GPU)
+#   TOOLKIT_CPU_ONLY=1 bash scripts/setup.sh                # force a CPU build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,6 +55,26 @@ C
   rm -rf "$dir"
   return $rc
 }
+
+# With nvcc, cuBLAS and an NVIDIA GPU, build for that GPU's architecture only (building for
+# every architecture takes far longer). nvcc without cuBLAS cannot link llama.cpp's CUDA backend.
+cuda_args() {
+  command -v nvcc >/dev/null || return 1
+  local arch
+  arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ') || true
+  [ -n "$arch" ] || return 1
+  local cuda; cuda=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+  if ! ls "$cuda"/lib64/libcublas.so* "$cuda"/targets/*/lib/libcublas.so* >/dev/null 2>&1 \
+     && ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so'; then
+    echo "setup: nvcc and a GPU found but no cuBLAS: building for the CPU (install CUDA's cuBLAS for a GPU build)" >&2
+    return 1
+  fi
+  echo "-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$arch"
+}
+if [ -z "${CMAKE_ARGS:-}" ] && [ -z "${TOOLKIT_CPU_ONLY:-}" ] && args=$(cuda_args); then
+  export CMAKE_ARGS="$args"
+  echo "setup: nvcc, cuBLAS and a GPU found: building llama.cpp with CUDA ($CMAKE_ARGS)"
+fi
 
 # llama-cpp-python compiles llama.cpp (a few minutes the first time). A marker records how
 # the installed build was made, so reruns skip it and a changed build is redone.

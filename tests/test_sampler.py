@@ -105,3 +105,49 @@ def test_invalid_settings_are_refused(bad, match):
     with pytest.raises(UserError, match=match):
         SamplingParams(**bad).validate()
     assert SamplingParams(do_sample=False, temperature=0.0).validate()  # greedy ignores temperature
+
+
+def reference_warp(scores: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
+    """HF's processors written out over the whole vocabulary, step by step."""
+    scores = scores / np.float32(params.temperature)
+    ids = np.arange(scores.size)
+    if 0 < params.top_k < scores.size:
+        kth = np.sort(scores)[scores.size - params.top_k]
+        ids = np.flatnonzero(scores >= kth)
+    cand = scores[ids].astype(np.float32)
+    if params.top_p < 1.0:
+        order = np.argsort(cand, kind="stable")
+        e = np.exp(cand[order] - cand.max(), dtype=np.float32)
+        removed = np.cumsum(e / e.sum(dtype=np.float32), dtype=np.float32) <= np.float32(1 - params.top_p)
+        removed[-1] = False
+        keep = np.sort(order[~removed])
+        ids, cand = ids[keep], cand[keep]
+    e = np.exp(cand - cand.max(), dtype=np.float32)
+    return ids, e / e.sum(dtype=np.float32)
+
+
+@pytest.mark.parametrize("case", ["flat", "peaked", "ties", "quantized", "inf"])
+def test_fast_top_k_equals_the_whole_vocabulary_computation(case):
+    """The band search for top-k gives exactly the full sort's candidates (128k vocabulary)."""
+    rng = np.random.default_rng(sum(map(ord, case)))
+    for trial in range(20):
+        v = 128_256
+        if case == "flat":
+            x = rng.normal(0, 0.01, v)
+        elif case == "peaked":
+            x = rng.normal(0, 3, v)
+            x[rng.integers(0, v, 5)] += 30
+        elif case == "ties":
+            x = np.round(rng.normal(0, 2, v), 1)  # many exact ties at every value, the k-th included
+        elif case == "quantized":
+            x = rng.integers(-3, 3, v).astype(np.float32) * 1e-3  # everything within a tiny band
+        else:
+            x = rng.normal(0, 3, v)
+            x[rng.integers(0, v, 1000)] = -np.inf  # masked tokens
+        x = x.astype(np.float32)
+        for params in (SamplingParams(), SamplingParams(temperature=1.3, top_k=200, top_p=1.0),
+                       SamplingParams(temperature=1.0, top_k=1, top_p=0.5)):
+            ids, probs = warp(x.copy(), params)
+            ref_ids, ref_probs = reference_warp(x.copy(), params)
+            np.testing.assert_array_equal(ids, ref_ids)
+            np.testing.assert_allclose(probs, ref_probs, rtol=1e-6, atol=1e-7)

@@ -10,8 +10,38 @@ from pathlib import Path
 
 from . import __version__, console
 from .errors import ToolkitError
+from .fit import KV_TYPE_BYTES
 from .quantizer import DEFAULT_TYPE, QUANT_TYPES
 from .sampler import SamplingParams
+
+
+def gpu_layers(value: str) -> int | str:
+    """--n-gpu-layers: a count, -1 for all, or auto."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a number of layers nor 'auto'") from None
+
+
+def gib(value: str) -> int:
+    try:
+        n = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of GiB") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0 GiB")
+    return int(n * 2**30)
+
+
+def _add_placement(g) -> None:
+    g.add_argument("--n-gpu-layers", type=gpu_layers, default=-1,
+                   help="layers on the GPU: -1 all (default), N, or auto (as many as fit the free VRAM)")
+    g.add_argument("--vram-limit", type=gib, metavar="GIB",
+                   help="with auto: plan for at most this much GPU memory (e.g. 6 for a 6 GB budget)")
+    g.add_argument("--cache-type", choices=list(KV_TYPE_BYTES), default="f16",
+                   help="KV cache type (q8_0 halves its memory)")
 
 
 def _add_quantize(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +95,7 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--num-beams", type=int, default=d.num_beams, help="only 1: beam search is not supported")
     g.add_argument("--seed", type=int, default=d.seed, help="same seed, same answers (per item)")
     g = p.add_argument_group("loading")
-    g.add_argument("--n-gpu-layers", type=int, default=-1, help="layers on the GPU (default -1: all)")
+    _add_placement(g)
     g.add_argument("--n-ctx", type=int, help="context size (default: longest prompt + max-new-tokens)")
     g.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     g.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto")
@@ -89,8 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sdist", type=Path, help="use this llama-cpp-python sdist instead of downloading it")
     p.add_argument("--force", action="store_true", help="extract again even if already set up")
 
-    p = sub.add_parser("doctor", help="versions, converter location, GPU devices and free VRAM")
+    p = sub.add_parser("doctor", help="versions, converter location, GPU devices and free VRAM",
+                       description="With --model: also the --n-gpu-layers auto plan for that GGUF.")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    g = p.add_argument_group("auto-fit plan")
+    g.add_argument("--model", type=Path, help="GGUF file to plan for")
+    g.add_argument("--n-ctx", type=int, default=2048, help="tokens per sequence (prompt + answer; default 2048)")
+    g.add_argument("--parallel", type=int, default=1, help="sequences decoded together")
+    g.add_argument("--vram", type=gib, metavar="GIB", help="free GPU memory to plan for (default: what is free now)")
+    g.add_argument("--cache-type", choices=list(KV_TYPE_BYTES), default="f16")
+    g.add_argument("--no-flash-attn", action="store_true", help="plan for attention scores in the compute buffer")
 
     _add_quantize(sub)
 
@@ -108,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=1, help="use the questions this many times over")
     p.add_argument("--parallel", type=int, action="append", help="repeatable (default: 1 and 4)")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--n-gpu-layers", type=int, default=-1)
+    _add_placement(p)
     p.add_argument("--batch-invariant", action="store_true")
     p.add_argument("--json", action="store_true", help="print a list of objects")
 
@@ -143,6 +181,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from .inspection import human_bytes
 
     rep = doctor.report()
+    if args.model:
+        rep["fit"] = doctor.fit_report(args.model, args.n_ctx, args.parallel, args.vram, args.cache_type,
+                                       not args.no_flash_attn)
     if args.json:
         print(json.dumps(rep, indent=2))
         return 0
@@ -153,6 +194,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                 console.out.print(f"{'device':<24} {d['name']}: {d['description']} ({d['kind']}{mem})")
             if not any(d["kind"] in ("GPU", "IGPU") for d in value):
                 console.out.print(f"{'cuda devices':<24} none visible to llama.cpp")
+        elif key == "fit":
+            console.out.print(f"{'plan':<24} {value['request']}")
+            console.out.print(f"{'':<24} {value['plan']}")
         else:
             console.out.print(f"{key.replace('_', ' '):<24} {value}")
     return 0
@@ -227,7 +271,8 @@ def infer_settings(args: argparse.Namespace):
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                               repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
                               do_sample=not args.greedy, num_beams=args.num_beams, seed=args.seed)
-    engine = EngineSettings(n_gpu_layers=args.n_gpu_layers, n_ctx=args.n_ctx, threads=args.threads,
+    engine = EngineSettings(n_gpu_layers=args.n_gpu_layers, vram_limit=args.vram_limit, cache_type=args.cache_type,
+                            n_ctx=args.n_ctx, threads=args.threads,
                             flash_attn={"auto": None, "on": True, "off": False}[args.flash_attn],
                             batch_invariant=args.batch_invariant)
     return InferSettings(model=args.model, output=args.output, sampling=sampling, engine=engine,
@@ -243,7 +288,9 @@ def print_infer_result(r, as_json: bool = False) -> None:
         "prompt_tokens_per_second": round(r.prompt_tokens / r.prompt_seconds, 2) if r.prompt_seconds else 0.0,
         "generation_tokens_per_second": round(r.new_tokens / r.gen_seconds, 2) if r.gen_seconds else 0.0,
         "cut_at_max_new_tokens": r.cut_at_max_tokens, "missing_answer_form": r.missing_form,
-        "answer_form_checked": r.form_checked,
+        "answer_form_checked": r.form_checked, "parallel": r.parallel, "n_ctx": r.n_ctx,
+        "layers_on_gpu": f"{r.load.layers_offloaded}/{r.load.layers_total}", "backend": r.load.backend,
+        "llama_cpp_offload_log": r.load.offload_log,
     }
     if as_json:
         print(json.dumps(summary, ensure_ascii=False))
@@ -308,8 +355,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ModelNotFound(f"{args.model}: no such model file")
     settings = BenchSettings(parallel=tuple(args.parallel or (1, 4)),
                              sampling=SamplingParams(max_new_tokens=args.max_new_tokens).validate(),
-                             engine=EngineSettings(n_gpu_layers=args.n_gpu_layers,
-                                                   batch_invariant=args.batch_invariant))
+                             engine=EngineSettings(n_gpu_layers=args.n_gpu_layers, vram_limit=args.vram_limit,
+                                                   cache_type=args.cache_type, batch_invariant=args.batch_invariant))
     rows = bench(args.model, args.input or demo.samples_path(), settings, repeat=args.repeat)
     if args.json:
         print(json.dumps(rows))

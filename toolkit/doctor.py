@@ -5,9 +5,11 @@ from __future__ import annotations
 import platform
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
-from . import __version__, backend, vendor, versions
+from . import __version__, backend, fit, vendor, versions
+from .errors import ModelNotFound
 
 
 def _version(dist: str) -> str | None:
@@ -43,4 +45,28 @@ def report() -> dict[str, Any]:
         "torch": _version("torch") or "not installed (needed only to convert checkpoints)",
         "transformers": _version("transformers") or "not installed",
         "huggingface_hub": _version("huggingface_hub") or "not installed",
+    }
+
+
+def fit_report(model: Path, n_ctx: int, parallel: int, free_bytes: int | None, cache_type: str = "f16",
+               flash_attn: bool = True) -> dict[str, Any]:
+    """What --n-gpu-layers auto would do for this GGUF: for given free VRAM, or what is free now."""
+    if not Path(model).is_file():
+        raise ModelNotFound(f"{model}: no such model file")
+    if free_bytes is None:
+        free_bytes = sum(d.free_bytes for d in backend.gpus())
+    cells = n_ctx * max(1, parallel)
+    req = fit.FitRequest(n_ctx=cells, n_ubatch=min(512, cells), cache_type=cache_type, flash_attn=flash_attn)
+    plan = fit.plan(fit.shape_of(model), req, free_bytes)
+    return {
+        "request": f"{Path(model).name}: {parallel} × {n_ctx} tokens = {cells} KV cells ({cache_type}), "
+                   f"flash attention {'on' if flash_attn else 'off'}",
+        "plan": plan.describe(),
+        "n_gpu_layers": plan.n_gpu_layers,
+        "all_layers": plan.all_layers,
+        "free_bytes": plan.free_bytes,
+        "weights_bytes": plan.weights_bytes,
+        "kv_bytes": plan.kv_bytes,
+        "compute_bytes": plan.compute_bytes,
+        "margin_bytes": plan.margin_bytes,
     }

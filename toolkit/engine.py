@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend, gguf, llama_log
+from . import backend, fit, gguf, llama_log
 from .errors import DecodeFailed, LoadFailed, ToolkitError, UserError
 from .sampler import Sampler
 
@@ -25,7 +25,9 @@ _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 
 @dataclass(frozen=True)
 class EngineSettings:
-    n_gpu_layers: int = -1  # -1: every layer on the GPU
+    n_gpu_layers: int | str = -1  # -1: every layer on the GPU; "auto": as many as fit (fit.py)
+    vram_limit: int | None = None  # bytes of GPU memory "auto" may plan for (default: all that is free)
+    cache_type: str = "f16"  # KV cache type (q8_0 halves it; llama.cpp needs flash attention for it)
     n_ctx: int | None = None  # None: fitted to the longest prompt + max_new_tokens
     n_batch: int = 512
     threads: int | None = None  # None: every core
@@ -46,6 +48,7 @@ class LoadInfo:
     layers_total: int
     backend: str
     n_ctx_train: int
+    offload_log: str = ""  # llama.cpp's own line, e.g. "load_tensors: offloaded 33/33 layers to GPU"
 
 
 @dataclass
@@ -64,35 +67,73 @@ class Engine:
 
         self.settings = settings
         self.path = Path(model_path)
-        header = gguf.read(self.path)  # a clear error for missing, non-GGUF or truncated files
+        self.header = gguf.read(self.path)  # a clear error for missing, non-GGUF or truncated files
+        self.model = None
+        self.ctx = None
+        self.n_ctx = 0
+        self.fit_plan: fit.FitPlan | None = None
         llama_cpp.llama_backend_init()
+        # "auto" needs the context size, which needs the prompts' tokens: load only the
+        # vocabulary now, and the weights once place() knows how much KV cache there will be.
+        self._placed = settings.n_gpu_layers != "auto"
+        self._load(int(settings.n_gpu_layers) if self._placed else 0, vocab_only=not self._placed)
+
+    def _load(self, n_gpu_layers: int, vocab_only: bool) -> None:
+        import llama_cpp
+
+        if self.model:
+            with llama_log.capture():
+                llama_cpp.llama_model_free(self.model)
+            self.model = None
         mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = settings.n_gpu_layers if settings.n_gpu_layers >= 0 else 1_000_000
-        mparams.use_extra_bufts = not settings.batch_invariant  # the CPU's repacked weights
+        mparams.n_gpu_layers = n_gpu_layers if n_gpu_layers >= 0 else 1_000_000
+        mparams.vocab_only = vocab_only
+        mparams.use_extra_bufts = not self.settings.batch_invariant  # the CPU's repacked weights
         with llama_log.capture() as log:
             self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self.model:
             raise LoadFailed(f"llama.cpp cannot load {self.path.name}: {log.last_error() or 'unknown reason'}")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
-        n_layer = llama_cpp.llama_model_n_layer(self.model)
+        n_layer = self.header.block_count or 0
         m = _OFFLOADED.search(log.text())
         offloaded, total = (int(m.group(1)), int(m.group(2))) if m else (0, n_layer + 1)
         gpus = backend.gpus() if offloaded else []
         self.info = LoadInfo(
-            path=self.path, architecture=header.architecture, quant_type=header.file_type_name,
+            path=self.path, architecture=self.header.architecture, quant_type=self.header.file_type_name,
             layers_offloaded=offloaded, layers_total=total,
             backend=", ".join(f"{d.name} ({d.description})" for d in gpus) if gpus else "CPU",
-            n_ctx_train=header.context_length or 4096,
+            n_ctx_train=self.header.context_length or 4096,
+            offload_log=next((ln.strip() for ln in log.lines if _OFFLOADED.search(ln)), ""),
         )
-        self.header = header
-        self.ctx = None
-        self.n_ctx = 0
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether generation will run on a GPU (for "auto": whether there is one)."""
+        return bool(self.info.layers_offloaded) if self._placed else bool(backend.gpus())
+
+    def place(self, n_ctx: int) -> fit.FitPlan | None:
+        """For --n-gpu-layers auto: plan the layers for a context of n_ctx cells and load the
+        weights. Does nothing once the weights are loaded."""
+        if self._placed:
+            return self.fit_plan
+        gpus = backend.gpus()
+        free = sum(d.free_bytes for d in gpus)
+        if self.settings.vram_limit is not None:
+            free = min(free, self.settings.vram_limit) if gpus else 0
+        flash = self.settings.flash_attn if self.settings.flash_attn is not None else True
+        req = fit.FitRequest(n_ctx=n_ctx, n_ubatch=min(self.settings.n_batch, n_ctx),
+                             cache_type=self.settings.cache_type, flash_attn=flash)
+        self.fit_plan = fit.plan(fit.shape_of(self.path), req, free) if gpus else None
+        self._load(self.fit_plan.n_gpu_layers if self.fit_plan else 0, vocab_only=False)
+        self._placed = True
+        return self.fit_plan
 
     # -- context -----------------------------------------------------------------------------
     def open_context(self, n_ctx: int, n_seq_max: int = 1, kv_unified: bool = False) -> None:
         import llama_cpp
 
+        self.place(n_ctx)
         self.close_context()
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx
@@ -102,14 +143,26 @@ class Engine:
         cparams.kv_unified = kv_unified  # one cache for all sequences: shared heads are not copied
         threads = self.settings.threads or os.cpu_count() or 1
         cparams.n_threads = cparams.n_threads_batch = threads
+        if self.settings.cache_type != "f16":
+            kv_type = getattr(llama_cpp, f"GGML_TYPE_{self.settings.cache_type.upper()}")
+            cparams.type_k = cparams.type_v = kv_type
         if self.settings.flash_attn is not None:
             cparams.flash_attn_type = 1 if self.settings.flash_attn else 0
+        elif self.settings.cache_type != "f16":
+            pass  # AUTO: llama.cpp turns flash attention on, which a quantized V cache needs
         elif not self.info.layers_offloaded:
             # On the CPU, llama.cpp's flash attention halves decode speed (measured: 41.8 vs
             # 21.5 ms/token); on a GPU, AUTO lets llama.cpp use it where the backend has it.
             cparams.flash_attn_type = 0
         cparams.no_perf = True
-        with llama_log.capture() as log:
+        # llama.cpp's own figures for the KV cache and compute buffers (checked against fit.py).
+        self.buffer_sizes: list[str] = []
+
+        def keep(line: str) -> None:
+            if "buffer size" in line:
+                self.buffer_sizes.append(line.strip())
+
+        with llama_log.capture(keep) as log:
             self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             raise LoadFailed(f"llama.cpp cannot create a context of {n_ctx} tokens: {log.last_error() or 'out of memory?'}")

@@ -162,6 +162,9 @@ class GGUFFile:
         return dict(Counter(t.type_name for t in self.tensors).most_common())
 
 
+_U64 = struct.Struct("<Q")
+
+
 class _Cursor:
     def __init__(self, buf: mmap.mmap | bytes, path: Path):
         self.buf, self.pos, self.path = buf, 0, path
@@ -193,9 +196,14 @@ class _Cursor:
                 if item_type in _SCALARS:
                     self.pos += n * struct.calcsize(_SCALARS[item_type])
                 elif item_type == _STRING:
+                    # A tight loop: a 128k vocabulary plus 280k merges is 400k strings.
+                    buf, pos, length = self.buf, self.pos, _U64.unpack_from
+                    end = len(buf) - 8
                     for _ in range(n):
-                        length = self.take("<Q")  # advances past the length field
-                        self.pos += length
+                        if pos > end:
+                            raise InvalidGGUF(f"{self.path}: truncated GGUF header")
+                        pos += 8 + length(buf, pos)[0]
+                    self.pos = pos
                 else:
                     for _ in range(n):
                         self.value(item_type, False)

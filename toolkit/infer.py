@@ -88,7 +88,7 @@ DEFAULT_PARALLEL_CPU = 4
 
 
 def default_parallel(engine: Engine) -> int:
-    return DEFAULT_PARALLEL_GPU if engine.info.layers_offloaded else DEFAULT_PARALLEL_CPU
+    return DEFAULT_PARALLEL_GPU if engine.on_gpu else DEFAULT_PARALLEL_CPU
 
 
 @dataclass
@@ -169,6 +169,9 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
             plan.n_ctx if plan else fit_context(longest, params.max_new_tokens, engine.info.n_ctx_train))
         if longest >= min(n_ctx, engine.info.n_ctx_train):
             raise UserError(f"the longest prompt has {longest} tokens but the context is {n_ctx}; raise --n-ctx")
+        placed = None if settings.dry_run else engine.place(n_ctx)  # auto: the context size is known now
+        if placed:
+            console.err.print(placed.describe())
         result = InferResult(output, model_path, engine.info, n_ctx, len(items), resumed=len(previous),
                              parallel=parallel)
         _print_header(result)

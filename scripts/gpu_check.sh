@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# The GPU check, one prepared script for the lent device machine (no network there; what it
+# needs comes in .gpu/, made here by scripts/gpu_prepare.sh):
+#
+#   1. build llama-cpp-python with CUDA (sm_90) from the pinned sdist, as scripts/setup.sh does
+#   2. an HF checkpoint of Llama-3-8B's shape: random bf16 weights, Llama-3's real tokenizer
+#   3. toolkit quantize --q4_k_m (BF16 intermediate kept)
+#   4. toolkit infer on 504 questions (the samples × 63), every layer on the GPU
+#   5. toolkit bench at --parallel 1, 4, 16
+#   6. --n-gpu-layers auto with --vram-limit 6 on the 15 GiB BF16 file (must stay under 6 GiB)
+#
+# device run:  bash scripts/gpu_check.sh          carry [".gpu"], timeout 600; figures in $OUT
+# a rehearsal here, on the CPU, with a 4-layer model:  TINY=1 PY=.venv/bin/python bash scripts/gpu_check.sh
+#
+# Each step is skipped when its result is already there, so a rerun on the still-warm machine
+# goes on where a timeout stopped it. STEPS="build model quantize infer bench auto" picks steps.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+PY=${PY:-python3}
+OUT=${OUT:-/tmp/gpu_check_out}
+WORK=${WORK:-/tmp/gpu_check}
+STEPS=${STEPS:-build model quantize infer bench auto}
+TINY=${TINY:-}
+SHAPE=$([ -n "$TINY" ] && echo tiny || echo llama3-8b)
+NEW_TOKENS=${NEW_TOKENS:-$([ -n "$TINY" ] && echo 16 || echo 64)}
+TIMES=${TIMES:-$([ -n "$TINY" ] && echo 2 || echo 63)}  # the 8 sample questions this many times over
+BENCH_REPEAT=${BENCH_REPEAT:-$([ -n "$TINY" ] && echo 1 || echo 4)}
+mkdir -p "$OUT" "$WORK"
+LOG="$OUT/gpu_check.log"
+exec > >(tee -a "$LOG") 2>&1
+export PYTHONUNBUFFERED=1 COLUMNS=160
+
+step() { [[ " $STEPS " == *" $1 "* ]]; }
+clock() { date +%s.%N; }
+took() { "$PY" -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(clock)"; }
+record() { echo "$1=$2" >> "$OUT/figures.txt"; echo "## $1 = $2"; }
+
+# GPU memory in use, sampled every 0.2 s while a step runs; the peak goes into figures.txt.
+vram_watch() {
+  command -v nvidia-smi >/dev/null || return 0
+  (while true; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; sleep 0.2; done) > "$WORK/vram.$1" 2>/dev/null &
+  echo $! > "$WORK/vram.pid"
+}
+vram_peak() {
+  [ -f "$WORK/vram.pid" ] || return 0
+  kill "$(cat "$WORK/vram.pid")" 2>/dev/null; rm -f "$WORK/vram.pid"
+  record "$1_peak_vram_mib" "$(sort -n "$WORK/vram.$1" | tail -1)"
+}
+
+echo "# gpu_check $(date -u +%FT%TZ) shape=$SHAPE"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv
+nproc
+
+# Pure-Python dependencies the image lacks, and (step 1) the runtime, go to a target dir.
+SITE=${SITE:-/tmp/site}
+if [ -z "$TINY" ]; then
+  "$PY" -m pip install -q --no-index --no-deps --target "$SITE" .gpu/wheels/*.whl || exit 1
+  export PYTHONPATH="$SITE:$REPO"
+  export TOOLKIT_HOME="$REPO/.gpu/home"
+fi
+TK=("$PY" -m toolkit)
+
+if step build && [ -z "$TINY" ] && ! "$PY" -c "import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())" 2>/dev/null; then
+  echo "== 1. build llama-cpp-python with CUDA"
+  t0=$(clock)
+  # The flags scripts/setup.sh uses when it finds nvcc, with this card's architecture;
+  # no build isolation: the image has scikit-build-core, cmake and ninja, and no network.
+  CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" \
+    .gpu/llama_cpp_python-*.tar.gz || { echo "build failed"; exit 1; }
+  record cuda_build_seconds "$(took "$t0")"
+fi
+"${TK[@]}" doctor || exit 1
+
+CKPT="$WORK/Llama-3-8B-shaped"
+[ -n "$TINY" ] && CKPT="$WORK/Llama-3-tiny-shaped"
+if step model; then
+  echo "== 2. checkpoint ($SHAPE, random weights)"
+  TOK="$WORK/llama3-tokenizer"
+  mkdir -p "$TOK" && cp .gpu/llama3-tokenizer/*.json* .gpu/llama3-tokenizer/*.jinja "$TOK"/ 2>/dev/null
+  [ -f "$TOK/tokenizer.json" ] || gunzip -f "$TOK/tokenizer.json.gz"
+  DEV=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+  "$PY" scripts/make_random_checkpoint.py --shape "$SHAPE" --tokenizer "$TOK" --out "$CKPT" --device "$DEV" || exit 1
+fi
+
+MODELS="$WORK/models"
+NAME=$(basename "$CKPT")
+Q4="$MODELS/$NAME/$NAME-Q4_K_M.gguf"
+BF16="$MODELS/$NAME/$NAME-BF16.gguf"
+if step quantize && [ ! -f "$Q4" ]; then
+  echo "== 3. toolkit quantize --q4_k_m"
+  t0=$(clock)
+  "${TK[@]}" quantize "$CKPT" --q4_k_m --keep-intermediate --output-dir "$MODELS" || exit 1
+  record quantize_total_seconds "$(took "$t0")"
+  "$PY" - "$MODELS/$NAME/manifest.json" >> "$OUT/figures.txt" <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1]))
+for t, f in m["files"].items():
+    print(f"{t}_seconds={f['seconds']}\n{t}_size_bytes={f['size']}\n{t}_bits_per_weight={f['bits_per_weight']}")
+EOF
+  "${TK[@]}" inspect "$Q4"
+fi
+
+N=$((8 * TIMES))
+QUESTIONS="$WORK/questions$N.json"
+"$PY" -c "
+from pathlib import Path
+from toolkit import demo
+from toolkit.bench import repeated
+p = repeated(demo.samples_path(), $TIMES, Path('$WORK'))
+Path(p).rename('$QUESTIONS')
+" || exit 1
+
+if step infer && [ ! -f "$WORK/infer$N.json" ]; then
+  echo "== 4. toolkit infer: $N questions, every layer on the GPU, $NEW_TOKENS new tokens"
+  vram_watch infer
+  t0=$(clock)
+  "${TK[@]}" infer "$QUESTIONS" --model "$Q4" --output "$WORK/infer$N.json.partial" --max-new-tokens "$NEW_TOKENS" --json \
+    | tee "$OUT/infer$N.summary.json" || exit 1
+  mv "$WORK/infer$N.json.partial" "$WORK/infer$N.json"
+  record "infer${N}_wall_seconds" "$(took "$t0")"
+  vram_peak infer
+fi
+
+if step bench && [ ! -f "$OUT/bench.json" ]; then
+  echo "== 5. toolkit bench --parallel 1/4/16 ($((8 * BENCH_REPEAT)) questions, $NEW_TOKENS new tokens)"
+  "${TK[@]}" bench "$Q4" --repeat "$BENCH_REPEAT" --parallel 1 --parallel 4 --parallel 16 --max-new-tokens "$NEW_TOKENS" --json \
+    > "$WORK/bench.json.partial" || exit 1
+  mv "$WORK/bench.json.partial" "$OUT/bench.json" && cat "$OUT/bench.json"
+fi
+
+if step auto && [ ! -f "$OUT/auto.summary.json" ]; then
+  echo "== 6. --n-gpu-layers auto --vram-limit 6 on the BF16 file"
+  "$PY" -c "
+import json
+from toolkit import demo
+items = json.load(open(demo.samples_path()))
+json.dump(items, open('$WORK/questions8.json', 'w'), ensure_ascii=False)
+"
+  "${TK[@]}" doctor --model "$BF16" --vram 6 --parallel 4 --n-ctx 1024
+  vram_watch auto
+  t0=$(clock)
+  "${TK[@]}" infer "$WORK/questions8.json" --model "$BF16" --output "$WORK/auto8.json" --n-gpu-layers auto \
+    --vram-limit 6 --parallel 4 --max-new-tokens 16 --json | tee "$OUT/auto.summary.json" || exit 1
+  record auto_wall_seconds "$(took "$t0")"
+  vram_peak auto
+fi
+
+# Optional (STEPS="... llamabench"): llama.cpp's own llama-bench from the same source, same file.
+if step llamabench && [ -z "$TINY" ]; then
+  echo "== 7. llama-bench (llama.cpp's yardstick, same commit)"
+  SRC="$WORK/src"
+  [ -d "$SRC" ] || { mkdir -p "$SRC" && tar xzf .gpu/llama_cpp_python-*.tar.gz -C "$SRC" --strip-components=1; }
+  t0=$(clock)
+  cmake -S "$SRC/vendor/llama.cpp" -B "$WORK/lcpp" -G Ninja -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF >/dev/null \
+    && cmake --build "$WORK/lcpp" --target llama-bench -j "$(nproc)" >/dev/null || exit 1
+  record llama_bench_build_seconds "$(took "$t0")"
+  "$WORK/lcpp/bin/llama-bench" -m "$Q4" -ngl 99 -fa 1 -p 512 -n 128 -o md | tee "$OUT/llama-bench.md"
+fi
+
+echo "== figures"
+cat "$OUT/figures.txt"

@@ -1,0 +1,120 @@
+"""--n-gpu-layers auto: the plan from a GGUF header and given free VRAM (no GPU needed)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from toolkit import embedded, fit, gguf
+from toolkit.engine import Engine, EngineSettings
+
+from conftest import run_cli
+
+GIB = 2**30
+
+
+def llama3_8b_q4_k_m() -> fit.ModelShape:
+    """Llama-3-8B's shape with Q4_K_M-sized layers (4.58 GiB in all, 0.29 GiB of it the embedding)."""
+    layer = 131_000_000  # 0.218 G parameters a layer at ≈ 4.8 bits
+    return fit.ModelShape(n_layer=32, n_embd=4096, n_ff=14336, n_head=32, n_head_kv=(8,) * 32, head_dim_k=128,
+                          head_dim_v=128, n_vocab=128256, layer_bytes=(layer,) * 32, output_bytes=430_000_000)
+
+
+def test_kv_cache_estimate_equals_llama_cpp_allocation():
+    shape = fit.shape_of(embedded.smollm2_gguf())
+    req = fit.FitRequest(n_ctx=3000)
+    with Engine(embedded.smollm2_gguf(), EngineSettings(n_gpu_layers=0)) as engine:
+        engine.open_context(3000)
+        text = "\n".join(engine.buffer_sizes)
+    reported = float(re.search(r"KV buffer size =\s+([\d.]+) MiB", text).group(1))
+    estimate = sum(fit.kv_bytes_per_layer(shape, i, req) for i in range(shape.n_layer))
+    assert estimate / 2**20 == pytest.approx(reported, abs=0.01)  # 3072 padded cells × 30 layers × 768 B
+
+
+def test_compute_estimate_covers_llama_cpp_buffer():
+    shape = fit.shape_of(embedded.smollm2_gguf())
+    for flash in (False, True):
+        with Engine(embedded.smollm2_gguf(), EngineSettings(n_gpu_layers=0, flash_attn=flash)) as engine:
+            engine.open_context(8192)
+            text = "\n".join(engine.buffer_sizes)
+        reported = float(re.search(r"CPU compute buffer size =\s+([\d.]+) MiB", text).group(1)) * 2**20
+        estimate = fit.compute_bytes(shape, fit.FitRequest(n_ctx=8192, flash_attn=flash), output_on_gpu=True)
+        assert reported <= estimate <= 1.3 * reported
+
+
+def test_shape_of_real_ggufs_accounts_for_every_weight(gemma3_gguf):
+    for path in (embedded.smollm2_gguf(), gemma3_gguf):
+        header = gguf.read(path)
+        shape = fit.shape_of(path)
+        assert shape.n_layer == header.block_count and len(shape.layer_bytes) == shape.n_layer
+        embd = next(t.nbytes for t in header.tensors if t.name == "token_embd.weight")
+        tied = not any(t.name == "output.weight" for t in header.tensors)
+        # Layers + output (+ the embedding, counted twice when tied) = every tensor in the file.
+        assert sum(shape.layer_bytes) + shape.output_bytes + embd - (embd if tied else 0) == header.tensor_bytes
+        assert shape.n_vocab > 0 and shape.head_dim_k > 0
+
+
+def test_everything_fits_a_24gb_card():
+    plan = fit.plan(llama3_8b_q4_k_m(), fit.FitRequest(n_ctx=16 * 2048), 23 * GIB)
+    assert plan.all_layers and plan.n_gpu_layers == 33
+    assert plan.kv_bytes == 32 * 32768 * 8 * 256 * 2  # 4 GiB of f16 KV for 32k cells
+    assert plan.used_bytes <= 23 * GIB - plan.margin_bytes
+
+
+def test_six_gb_cap_keeps_the_first_layers_on_the_cpu():
+    shape = llama3_8b_q4_k_m()
+    req = fit.FitRequest(n_ctx=16 * 2048)
+    plan = fit.plan(shape, req, 6 * GIB)
+    assert 0 < plan.n_gpu_layers <= shape.n_layer  # the output layer stays on the CPU too
+    assert plan.used_bytes <= 6 * GIB - plan.margin_bytes
+    # One more layer would not fit: the plan takes the most that do.
+    n = plan.n_gpu_layers + 1
+    more = sum(shape.layer_bytes[shape.n_layer - n:]) + sum(
+        fit.kv_bytes_per_layer(shape, i, req) for i in range(shape.n_layer - n, shape.n_layer)) + fit.compute_bytes(
+        shape, req, False)
+    assert more > 6 * GIB - plan.margin_bytes
+
+
+def test_more_memory_or_a_smaller_cache_never_means_fewer_layers():
+    shape = llama3_8b_q4_k_m()
+    long_ctx = fit.FitRequest(n_ctx=16 * 4096)
+    layers = [fit.plan(shape, long_ctx, g * GIB).n_gpu_layers for g in (1, 2, 4, 6, 8, 12, 16, 24)]
+    assert layers == sorted(layers) and layers[0] == 0 and layers[-1] == 33
+    f16 = fit.plan(shape, long_ctx, 8 * GIB)
+    q8 = fit.plan(shape, fit.FitRequest(n_ctx=16 * 4096, cache_type="q8_0"), 8 * GIB)
+    assert q8.n_gpu_layers > f16.n_gpu_layers
+
+
+def test_without_flash_attention_the_scores_count():
+    shape = llama3_8b_q4_k_m()
+    on = fit.compute_bytes(shape, fit.FitRequest(n_ctx=32768, flash_attn=True), True)
+    off = fit.compute_bytes(shape, fit.FitRequest(n_ctx=32768, flash_attn=False), True)
+    assert off > on + 32 * 32768 * 512 * 4  # one layer's scores: heads × cells × micro-batch × f32
+
+
+def test_auto_on_the_cpu_loads_every_layer_on_the_cpu_and_generates():
+    from toolkit.sampler import Sampler, SamplingParams
+
+    with Engine(embedded.smollm2_gguf(), EngineSettings(n_gpu_layers="auto")) as engine:
+        prompt = engine.tokenize("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")  # vocabulary only so far
+        engine.open_context(512)
+        assert engine.fit_plan is None and engine.info.layers_offloaded == 0
+        gen = engine.generate(prompt, Sampler(SamplingParams(do_sample=False), prompt, engine.n_vocab, 0), 4)
+    with Engine(embedded.smollm2_gguf(), EngineSettings(n_gpu_layers=0)) as engine:
+        engine.open_context(512)
+        plain = engine.generate(prompt, Sampler(SamplingParams(do_sample=False), prompt, engine.n_vocab, 0), 4)
+    assert gen.tokens == plain.tokens and len(gen.tokens) == 4
+
+
+def test_doctor_prints_the_plan_for_given_vram():
+    model = str(embedded.smollm2_gguf())
+    r = run_cli("doctor", "--model", model, "--vram", "0.6", "--parallel", "16", "--json")
+    assert r.returncode == 0, r.stderr
+    import json
+
+    plan = json.loads(r.stdout)["fit"]
+    assert 0 < plan["n_gpu_layers"] < 31 and plan["free_bytes"] == int(0.6 * GIB)
+    assert plan["weights_bytes"] + plan["kv_bytes"] + plan["compute_bytes"] <= plan["free_bytes"] - plan["margin_bytes"]
+    bad = run_cli("infer", "x.json", "--n-gpu-layers", "most")
+    assert bad.returncode == 2 and "neither a number of layers nor 'auto'" in bad.stderr
