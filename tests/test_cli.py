@@ -20,7 +20,7 @@ def test_directory_without_config(tmp_path):
 
 
 def test_any_type_as_a_flag_or_type_list(smollm2_hf, tmp_path):
-    r = run_cli("quantize", str(smollm2_hf), "--q6_k", "--type", "q5_k_m,Q4_0", "--output-dir", str(tmp_path))
+    r = run_cli("quantize", str(smollm2_hf), "--q6_k", "--type", "q5_k_m,Q4_0", "--no-check", "--output-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in (tmp_path / "SmolLM2-135M-Instruct").glob("*.gguf"))
     assert names == ["SmolLM2-135M-Instruct-Q4_0.gguf", "SmolLM2-135M-Instruct-Q5_K_M.gguf",

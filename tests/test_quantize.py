@@ -75,13 +75,13 @@ def test_output_from_another_source_is_not_clobbered(smollm2_hf, tmp_path):
         quantize(str(smollm2_hf), QuantizeSettings(output_dir=tmp_path))
     assert target.read_bytes() == b"someone else's file"
     # and through the CLI: exit 2, one line, file untouched
-    r = run_cli("quantize", str(smollm2_hf), "--output-dir", str(tmp_path))
+    r = run_cli("quantize", str(smollm2_hf), "--no-check", "--output-dir", str(tmp_path))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--force" in r.stderr
     assert target.read_bytes() == b"someone else's file"
 
 
 def test_force_and_keep_intermediate(smollm2_hf, tmp_path):
-    settings = QuantizeSettings(types=("Q8_0",), output_dir=tmp_path, keep_intermediate=True)
+    settings = QuantizeSettings(types=("Q8_0",), output_dir=tmp_path, keep_intermediate=True, check=False)
     first = quantize(str(smollm2_hf), settings)
     directory = first.directory
     inter = directory / "SmolLM2-135M-Instruct-BF16.gguf"
@@ -89,16 +89,16 @@ def test_force_and_keep_intermediate(smollm2_hf, tmp_path):
     man = json.loads((directory / "manifest.json").read_text())
     assert man["files"]["BF16"]["intermediate"] is True
     # A new type reuses the kept intermediate: no second conversion.
-    second = quantize(str(smollm2_hf), QuantizeSettings(types=("Q8_0", "Q6_K"), output_dir=tmp_path))
+    second = quantize(str(smollm2_hf), QuantizeSettings(types=("Q8_0", "Q6_K"), output_dir=tmp_path, check=False))
     assert second.convert_seconds is None
     assert [f.status for f in second.files] == ["skipped", "built"]
-    forced = quantize(str(smollm2_hf), QuantizeSettings(types=("Q8_0",), output_dir=tmp_path, force=True))
+    forced = quantize(str(smollm2_hf), QuantizeSettings(types=("Q8_0",), output_dir=tmp_path, force=True, check=False))
     assert forced.files[0].status == "built" and forced.convert_seconds is not None
     assert set(json.loads((directory / "manifest.json").read_text())["files"]) == {"BF16", "Q8_0", "Q6_K"}
 
 
 def test_second_architecture_gemma3(gemma3_hf, tmp_path):
-    result = quantize(str(gemma3_hf), QuantizeSettings(types=("Q4_K_M", "Q8_0"), output_dir=tmp_path))
+    result = quantize(str(gemma3_hf), QuantizeSettings(types=("Q4_K_M", "Q8_0"), output_dir=tmp_path, check=False))
     q4, q8 = (gguf.read(f.path) for f in result.files)
     assert q4.architecture == q8.architecture == "gemma3"
     assert (q4.file_type, q8.file_type) == (15, 7)

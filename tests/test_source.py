@@ -70,7 +70,7 @@ def hub_env(hub, tmp_path, **extra):
 def test_hub_download_convert_quantize_and_rerun(hub, tmp_path):
     env = hub_env(hub, tmp_path)
     out = tmp_path / "models"
-    r = run_cli("quantize", "team/smol-ko", "--q8_0", "--output-dir", str(out), env=env)
+    r = run_cli("quantize", "team/smol-ko", "--q8_0", "--no-check", "--output-dir", str(out), env=env)
     assert r.returncode == 0, r.stderr
     gguf_path = out / "smol-ko" / "smol-ko-Q8_0.gguf"
     assert gguf_path.is_file()
@@ -83,13 +83,13 @@ def test_hub_download_convert_quantize_and_rerun(hub, tmp_path):
 
     # Rerun: same commit, so nothing is downloaded or rebuilt.
     n = len(hub.requests)
-    r = run_cli("quantize", "team/smol-ko", "--q8_0", "--output-dir", str(out), env=env)
+    r = run_cli("quantize", "team/smol-ko", "--q8_0", "--no-check", "--output-dir", str(out), env=env)
     assert r.returncode == 0 and "skipped" in r.stdout
     assert not any("/resolve/" in p for _, p, _ in hub.requests[n:])
 
     # Offline with a warm cache: works without asking the hub.
     n = len(hub.requests)
-    r = run_cli("quantize", "team/smol-ko", "--q8_0", "--output-dir", str(out), env={**env, "HF_HUB_OFFLINE": "1"})
+    r = run_cli("quantize", "team/smol-ko", "--q8_0", "--no-check", "--output-dir", str(out), env={**env, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr
     assert len(hub.requests) == n
 
@@ -97,9 +97,9 @@ def test_hub_download_convert_quantize_and_rerun(hub, tmp_path):
 def test_unreachable_hub_falls_back_to_the_cache(hub, tmp_path):
     env = hub_env(hub, tmp_path)
     out = tmp_path / "models"
-    assert run_cli("quantize", "team/smol-ko", "--q8_0", "--output-dir", str(out), env=env).returncode == 0
+    assert run_cli("quantize", "team/smol-ko", "--q8_0", "--no-check", "--output-dir", str(out), env=env).returncode == 0
     dead = {**env, "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there
-    r = run_cli("quantize", "team/smol-ko", "--q8_0", "--output-dir", str(tmp_path / "again"), env=dead)
+    r = run_cli("quantize", "team/smol-ko", "--q8_0", "--no-check", "--output-dir", str(tmp_path / "again"), env=dead)
     assert r.returncode == 0, r.stderr
     # An uncached repo with no hub: a clear one-line error.
     r = run_cli("quantize", "team/never-seen", "--output-dir", str(out), env=dead)
@@ -116,7 +116,7 @@ def test_missing_repo_says_to_set_hf_token(hub, tmp_path):
 def test_private_repo_needs_the_token_which_is_never_printed(hub, tmp_path):
     r = run_cli("quantize", "team/private-ko", "--output-dir", str(tmp_path / "m"), env=hub_env(hub, tmp_path))
     assert r.returncode == 2 and "HF_TOKEN" in r.stderr
-    r = run_cli("quantize", "team/private-ko", "--q8_0", "--output-dir", str(tmp_path / "m"),
+    r = run_cli("quantize", "team/private-ko", "--q8_0", "--no-check", "--output-dir", str(tmp_path / "m"),
                 env=hub_env(hub, tmp_path, HF_TOKEN=SECRET))
     assert r.returncode == 0, r.stderr
     assert SECRET not in r.stdout + r.stderr
@@ -147,7 +147,7 @@ def test_interrupted_download_resumes(hub, tmp_path):
     half = len(data) // 2
     (blobs / (hashlib.sha256(data).hexdigest() + ".incomplete")).write_bytes(data[:half])
     n = len(hub.requests)
-    r = run_cli("quantize", "team/smol-ko", "--q8_0", "--output-dir", str(tmp_path / "m"), env=env)
+    r = run_cli("quantize", "team/smol-ko", "--q8_0", "--no-check", "--output-dir", str(tmp_path / "m"), env=env)
     assert r.returncode == 0, r.stderr
     ranges = [h.get("range") for m, p, h in hub.requests[n:] if m == "GET" and p.endswith("model.safetensors")]
     assert ranges == [f"bytes={half}-"]

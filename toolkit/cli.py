@@ -63,6 +63,22 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-intermediate", action="store_true", help="keep the 16-bit GGUF next to the quantized ones")
     p.add_argument("--force", action="store_true", help="rebuild outputs that already exist")
     p.add_argument("--threads", type=int, default=0, help="quantizer threads (default: all cores)")
+    p.add_argument("--no-check", dest="check", action="store_false",
+                   help="skip the fidelity report (top-1 agreement, KL divergence, perplexity vs the 16-bit file)")
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="fidelity of quantized GGUFs against their 16-bit original",
+                       description="Teacher-forced over the same texts: top-1 agreement with the reference, "
+                                   "mean and p99 KL divergence, perplexity (what llama-perplexity "
+                                   "--kl-divergence reports).")
+    p.add_argument("reference", type=Path, help="the F16/BF16 GGUF")
+    p.add_argument("quants", type=Path, nargs="+", help="quantized GGUFs of the same model")
+    p.add_argument("--prompts", type=Path, help="competition JSON (questions + output.answer) or a plain text file "
+                                               "(default: the bundled samples with reference answers)")
+    p.add_argument("--n-ctx", type=int, default=512, help="chunk size for a plain text file (as llama-perplexity -c)")
+    p.add_argument("--n-gpu-layers", type=gpu_layers, default=-1)
+    p.add_argument("--json", action="store_true", help="print a list of objects")
 
 
 def _add_infer(sub: argparse._SubParsersAction) -> None:
@@ -131,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-flash-attn", action="store_true", help="plan for attention scores in the compute buffer")
 
     _add_quantize(sub)
+    _add_compare(sub)
 
     p = sub.add_parser("inspect", help="architecture, types, size and tokenizer of a GGUF file")
     p.add_argument("file", type=Path)
@@ -224,9 +241,45 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     settings = QuantizeSettings(
         types=_split_types(args.types) or (DEFAULT_TYPE,),
         outtype=args.outtype, revision=args.revision, output_dir=args.output_dir,
-        keep_intermediate=args.keep_intermediate, force=args.force, threads=args.threads,
+        keep_intermediate=args.keep_intermediate, force=args.force, threads=args.threads, check=args.check,
     )
-    print_quantize_result(quantize(args.model, settings))
+    result = quantize(args.model, settings)
+    print_quantize_result(result)
+    if result.fidelity:
+        print_fidelity(result.fidelity, f"fidelity vs the {result.fidelity[0].type} intermediate "
+                                        "(bundled samples, answers teacher-forced)")
+    return 0
+
+
+def print_fidelity(rows, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in ("file", "type", "top-1 agreement", "KLD mean", "KLD p99", "PPL", "positions"):
+        table.add_column(col, justify="left" if col in ("file", "type") else "right")
+    for r in rows:
+        table.add_row(r.file, r.type, f"{100 * r.top1_agreement:.1f} %", f"{r.kld_mean:.4f}", f"{r.kld_p99:.4f}",
+                      f"{r.ppl:.3f}", str(r.positions))
+    console.out.print(table)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .engine import EngineSettings
+    from .errors import ModelNotFound
+    from .fidelity import compare
+
+    for path in [args.reference, *args.quants]:
+        if not path.is_file():
+            raise ModelNotFound(f"{path}: no such model file")
+    if args.prompts is not None and not args.prompts.is_file():
+        raise ModelNotFound(f"{args.prompts}: no such file")
+    rows = compare(args.reference, list(args.quants), args.prompts, args.n_ctx,
+                   EngineSettings(n_gpu_layers=args.n_gpu_layers),
+                   on_file=lambda p: console.err.print(f"scoring {p.name}"))
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows]))
+    else:
+        print_fidelity(rows, f"fidelity vs {args.reference.name}")
     return 0
 
 
@@ -388,7 +441,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"setup": cmd_setup, "doctor": cmd_doctor, "quantize": cmd_quantize,
-            "inspect": cmd_inspect, "infer": cmd_infer, "bench": cmd_bench, "score": cmd_score, "demo": cmd_demo}
+            "compare": cmd_compare, "inspect": cmd_inspect, "infer": cmd_infer, "bench": cmd_bench, "score": cmd_score, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

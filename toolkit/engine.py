@@ -13,6 +13,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -261,6 +262,36 @@ class Engine:
 
         ptr = llama_cpp.llama_get_logits_ith(self.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def score(self, tokens: list[int], first: int, on_row: Callable[[int, np.ndarray], None]) -> None:
+        """Teacher forcing: evaluate `tokens` in one sequence and call on_row(i, logits) with the
+        logits that predict tokens[i], for every i from `first` on (as llama-perplexity scores)."""
+        import llama_cpp
+
+        if self.ctx is None:
+            raise ToolkitError("no context: call open_context first")
+        if len(tokens) > self.n_ctx:
+            raise UserError(f"a text has {len(tokens)} tokens but the context holds {self.n_ctx}")
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+        step = self.settings.n_batch
+        batch = llama_cpp.llama_batch_init(step, 0, 1)
+        try:
+            for start in range(0, len(tokens) - 1, step):
+                chunk = tokens[start:min(start + step, len(tokens) - 1)]
+                for j, tok in enumerate(chunk):
+                    batch.token[j], batch.pos[j], batch.n_seq_id[j] = tok, start + j, 1
+                    batch.seq_id[j][0] = 0
+                    batch.logits[j] = start + j + 1 >= first
+                batch.n_tokens = len(chunk)
+                rc = llama_cpp.llama_decode(self.ctx, batch)
+                if rc != 0:
+                    raise DecodeFailed(f"llama.cpp could not evaluate {len(chunk)} tokens (llama_decode returned {rc})")
+                for j in range(len(chunk)):
+                    if start + j + 1 >= first:
+                        ptr = llama_cpp.llama_get_logits_ith(self.ctx, j)
+                        on_row(start + j + 1, np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))
+        finally:
+            llama_cpp.llama_batch_free(batch)
 
     def generate(self, prompt: list[int], sampler: Sampler, max_new_tokens: int, on_token=None) -> Generation:
         import llama_cpp

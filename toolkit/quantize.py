@@ -27,6 +27,7 @@ class QuantizeSettings:
     keep_intermediate: bool = False
     force: bool = False
     threads: int = 0  # 0: every core
+    check: bool = True  # fidelity report of each new quant against the 16-bit intermediate
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class QuantizeResult:
     directory: Path
     files: list[OutputFile] = field(default_factory=list)
     convert_seconds: float | None = None
+    fidelity: list = field(default_factory=list)  # fidelity.FidelityRow, reference first
 
 
 def output_path(directory: Path, name: str, qtype: str) -> Path:
@@ -135,6 +137,17 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
             entry = _describe(final, qtype, time.monotonic() - t0, intermediate=False)
             manifest.record(directory, man, qtype, entry)
             result.files.append(_output(final, entry, "built"))
+        built = [f.path for f in result.files if f.status == "built" and not f.intermediate]
+        if settings.check and built:
+            from . import fidelity
+
+            result.fidelity = fidelity.compare(intermediate, built)
+            for row, f in zip(result.fidelity[1:], [f for f in result.files if f.path in built]):
+                entry = dict(man["files"][f.type], fidelity={
+                    "reference": inter_type, "texts": "bundled samples (questions + reference answers)",
+                    **{k: round(v, 6) if isinstance(v, float) else v
+                       for k, v in row.as_dict().items() if k not in ("file", "type")}})
+                manifest.record(directory, man, f.type, entry)
     finally:
         if not (keep or reuse):
             intermediate.unlink(missing_ok=True)
