@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backend, gguf, llama_log
-from .errors import DecodeFailed, LoadFailed, ToolkitError, UserError
+from .errors import AdapterMismatch, DecodeFailed, InvalidAdapter, LoadFailed, ToolkitError, UserError
 from .sampler import Sampler
 
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
@@ -35,6 +35,8 @@ class EngineSettings:
     # True turns both off, so on the CPU a batched run gives exactly the single-stream tokens
     # (about 20% slower there; no effect on layers offloaded to a GPU, whose kernels still vary).
     batch_invariant: bool = False
+    lora: Path | None = None  # a GGUF LoRA (toolkit lora) applied on top of the model
+    lora_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,27 @@ class Engine:
         self.header = header
         self.ctx = None
         self.n_ctx = 0
+        self.adapter = None
+        if settings.lora is not None:
+            try:
+                self.adapter = self._load_adapter(Path(settings.lora))
+            except BaseException:
+                self.close()
+                raise
+
+    def _load_adapter(self, path: Path):
+        import llama_cpp
+
+        info = gguf.read(path)
+        if info.metadata.get("general.type") != "adapter":
+            raise InvalidAdapter(f"{path.name} is not a GGUF LoRA adapter (make one with `toolkit lora ADAPTER --base BASE`)")
+        with llama_log.capture() as log:
+            adapter = llama_cpp.llama_adapter_lora_init(self.model, str(path).encode())
+        if not adapter:
+            # llama.cpp checks architecture and every tensor's shape against the model.
+            reason = log.last_error() or "unknown reason"
+            raise AdapterMismatch(f"llama.cpp cannot apply {path.name} to {self.path.name}: {reason}")
+        return adapter
 
     # -- context -----------------------------------------------------------------------------
     def open_context(self, n_ctx: int, n_seq_max: int = 1, kv_unified: bool = False) -> None:
@@ -114,6 +137,13 @@ class Engine:
         if not self.ctx:
             raise LoadFailed(f"llama.cpp cannot create a context of {n_ctx} tokens: {log.last_error() or 'out of memory?'}")
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+        if self.adapter:  # adapters belong to a context: set on every one we create
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self.adapter)
+            scales = (ctypes.c_float * 1)(self.settings.lora_scale)
+            with llama_log.capture():  # it re-plans the compute graph, verbosely
+                rc = llama_cpp.llama_set_adapters_lora(self.ctx, adapters, 1, scales)
+            if rc != 0:
+                raise LoadFailed(f"llama.cpp could not apply the LoRA {self.settings.lora} to the context")
 
     def close_context(self) -> None:
         import llama_cpp
@@ -127,6 +157,9 @@ class Engine:
         import llama_cpp
 
         self.close_context()
+        if self.adapter:
+            llama_cpp.llama_adapter_lora_free(self.adapter)
+            self.adapter = None
         if self.model:
             with llama_log.capture():
                 llama_cpp.llama_model_free(self.model)
@@ -208,6 +241,17 @@ class Engine:
 
         ptr = llama_cpp.llama_get_logits_ith(self.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def prompt_logits(self, prompt: list[int]) -> np.ndarray:
+        """The next-token logits after `prompt`, evaluated as a fresh sequence (a copy)."""
+        import llama_cpp
+
+        if self.ctx is None:
+            raise ToolkitError("no context: call open_context first")
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+        for i in range(0, len(prompt), self.settings.n_batch):
+            self._decode(prompt[i:i + self.settings.n_batch])
+        return self._logits().copy()
 
     def generate(self, prompt: list[int], sampler: Sampler, max_new_tokens: int, on_token=None) -> Generation:
         import llama_cpp
