@@ -55,3 +55,42 @@ def smollm2_bf16(smollm2_hf, tmp_path_factory) -> Path:
 def smollm2_quantized(smollm2_hf, tmp_path_factory):
     out = tmp_path_factory.mktemp("models")
     return quantize(str(smollm2_hf), QuantizeSettings(types=("q4_k_m", "Q8_0"), output_dir=out))
+
+
+def make_lora(base: Path, out: Path, std: float = 0.02, seed: int = 0, **config) -> Path:
+    """A PEFT LoRA adapter for `base`, saved by peft itself. peft starts B at zero (no change);
+    we fill it with random values so that the adapter changes greedy tokens."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    config = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj", "o_proj", "down_proj"], **config}
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    torch.manual_seed(seed)  # peft draws A from torch's global generator
+    peft_model = get_peft_model(model, LoraConfig(**config))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or "lora_embedding_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
+    peft_model.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_lora(smollm2_hf, tmp_path_factory) -> Path:
+    """r=8, alpha=16 on q/v/o/down_proj of SmolLM2, random non-zero B. With std 0.12 the greedy
+    token changes on 7 of test_lora's 24 prompts, and no top-2 margin is under 0.15 (float32
+    logits), far above what F16 rounding moves."""
+    return make_lora(smollm2_hf, tmp_path_factory.mktemp("lora") / "smol-lora", std=0.12)
+
+
+@pytest.fixture(scope="session")
+def smollm2_lora_peft_merged(smollm2_hf, smollm2_lora):
+    """peft's own merge_and_unload of smollm2_lora into SmolLM2 (bf16, as transformers loads it):
+    the reference for toolkit's streamed merge."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(smollm2_hf))
+    return PeftModel.from_pretrained(base, str(smollm2_lora)).merge_and_unload().eval()

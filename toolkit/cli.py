@@ -79,6 +79,25 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-ctx", type=int, default=512, help="chunk size for a plain text file (as llama-perplexity -c)")
     p.add_argument("--n-gpu-layers", type=gpu_layers, default=-1)
     p.add_argument("--json", action="store_true", help="print a list of objects")
+    p.add_argument("--lora", metavar="ADAPTER",
+                   help="PEFT LoRA adapter (directory or hub id) merged into MODEL first; outputs go to "
+                        "<model>-<adapter>/")
+    p.add_argument("--lora-revision", help="the adapter's hub branch, tag or commit (default: main)")
+
+
+def _add_lora(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lora", help="PEFT LoRA adapter → GGUF LoRA for `infer --lora` on a quantized base",
+                       description="Convert a PEFT LoRA adapter with llama.cpp's own convert_lora_to_gguf.py (same "
+                                   "pinned source as the model converter). Default output: "
+                                   "models/<base>-<adapter>/<base>-<adapter>-LoRA-F16.gguf.")
+    p.add_argument("adapter", help="PEFT adapter directory (adapter_config.json + weights) or hub repo id")
+    p.add_argument("--base", required=True, help="the base model it was trained on: checkpoint directory or hub id")
+    p.add_argument("--outtype", default="f16", choices=["f16", "bf16", "f32"], help="LoRA tensor type (default f16)")
+    p.add_argument("--output", type=Path, help="where to write the GGUF LoRA")
+    p.add_argument("--output-dir", type=Path, default=Path("models"), help="where <base>-<adapter>/ goes (default: models)")
+    p.add_argument("--revision", help="the adapter's hub branch, tag or commit (default: main)")
+    p.add_argument("--base-revision", help="the base's hub branch, tag or commit (default: main)")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
 
 
 def _add_infer(sub: argparse._SubParsersAction) -> None:
@@ -115,6 +134,8 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--n-ctx", type=int, help="context size (default: longest prompt + max-new-tokens)")
     g.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     g.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto")
+    g.add_argument("--lora", type=Path, metavar="FILE.gguf", help="GGUF LoRA (from `toolkit lora`) applied on the model")
+    g.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (default 1.0: as trained)")
     g = p.add_argument_group("throughput")
     g.add_argument("--parallel", type=int, help="questions decoded together (default: 16 on a GPU, 4 on the CPU; "
                                                  "1: one at a time)")
@@ -148,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_quantize(sub)
     _add_compare(sub)
+    _add_lora(sub)
 
     p = sub.add_parser("inspect", help="architecture, types, size and tokenizer of a GGUF file")
     p.add_argument("file", type=Path)
@@ -230,8 +252,15 @@ def print_quantize_result(result) -> None:
                          overflow="fold")
     for f in result.files:
         table.add_row(f.type, human_bytes(f.size), f"{f.bits_per_weight:.2f}", f"{f.seconds:.1f}", f.status, str(f.path))
+    captions = []
+    if result.adapter is not None:
+        config = result.adapter.config
+        captions.append(f"LoRA {result.adapter.source.id} (r={config.get('r')}, alpha={config.get('lora_alpha')})")
+    if result.merge_seconds is not None:
+        captions.append(f"merge: {result.merge_seconds:.1f} s")
     if result.convert_seconds is not None:
-        table.caption = f"conversion: {result.convert_seconds:.1f} s"
+        captions.append(f"conversion: {result.convert_seconds:.1f} s")
+    table.caption = "; ".join(captions) or None
     console.out.print(table)
 
 
@@ -242,6 +271,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         types=_split_types(args.types) or (DEFAULT_TYPE,),
         outtype=args.outtype, revision=args.revision, output_dir=args.output_dir,
         keep_intermediate=args.keep_intermediate, force=args.force, threads=args.threads, check=args.check,
+        lora=args.lora, lora_revision=args.lora_revision,
     )
     result = quantize(args.model, settings)
     print_quantize_result(result)
@@ -280,6 +310,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(json.dumps([r.as_dict() for r in rows]))
     else:
         print_fidelity(rows, f"fidelity vs {args.reference.name}")
+    return 0
+
+
+def cmd_lora(args: argparse.Namespace) -> int:
+    from .inspection import human_bytes
+    from .lora import LoraSettings, export_lora
+
+    settings = LoraSettings(outtype=args.outtype, output=args.output, output_dir=args.output_dir,
+                            revision=args.revision, base_revision=args.base_revision, force=args.force)
+    r = export_lora(args.adapter, args.base, settings)
+    config = r.adapter.config
+    console.out.print(f"{r.status} {r.path} ({human_bytes(r.size)}, {r.seconds:.1f} s): LoRA r={config.get('r')} "
+                      f"alpha={config.get('lora_alpha')} on {len(r.adapter.updates)} tensors of {r.base.id}")
+    console.out.print(f"use it: toolkit infer FILE.json --model <a GGUF of {r.base.name}> --lora {r.path}")
     return 0
 
 
@@ -327,7 +371,7 @@ def infer_settings(args: argparse.Namespace):
     engine = EngineSettings(n_gpu_layers=args.n_gpu_layers, vram_limit=args.vram_limit, cache_type=args.cache_type,
                             n_ctx=args.n_ctx, threads=args.threads,
                             flash_attn={"auto": None, "on": True, "off": False}[args.flash_attn],
-                            batch_invariant=args.batch_invariant)
+                            batch_invariant=args.batch_invariant, lora=args.lora, lora_scale=args.lora_scale)
     return InferSettings(model=args.model, output=args.output, sampling=sampling, engine=engine,
                          prompts=prompts, chat_template=args.chat_template, resume=args.resume,
                          dry_run=args.dry_run, parallel=args.parallel)
@@ -442,6 +486,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {"setup": cmd_setup, "doctor": cmd_doctor, "quantize": cmd_quantize,
             "compare": cmd_compare, "inspect": cmd_inspect, "infer": cmd_infer, "bench": cmd_bench, "score": cmd_score, "demo": cmd_demo}
+COMMANDS = {"setup": cmd_setup, "doctor": cmd_doctor, "quantize": cmd_quantize, "lora": cmd_lora,
+            "inspect": cmd_inspect, "infer": cmd_infer, "bench": cmd_bench, "score": cmd_score, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Stage 2: an HF checkpoint directory → one 16/32-bit GGUF, by llama.cpp's own converter."""
+"""Stage 2: an HF checkpoint directory → one 16/32-bit GGUF, by llama.cpp's own converter
+(and a PEFT LoRA adapter → a GGUF LoRA, by its convert_lora_to_gguf.py)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ import subprocess
 import sys
 from collections import deque
 from pathlib import Path
+from typing import Callable
 
 from . import console, vendor
-from .errors import ConversionFailed, NotACheckpoint, UnsupportedArchitecture, UserError
+from .errors import ConversionFailed, NotACheckpoint, UnsupportedAdapter, UnsupportedArchitecture, UserError
 from .fsutil import atomic_path
 
 OUTTYPES = ("auto", "bf16", "f16", "f32")
 _PERCENT = re.compile(rb"Writing:\s+(\d+)%")
 _UNSUPPORTED = re.compile(r"Model (\S+) is not supported")
+_UNMAPPED = re.compile(r"Can not map tensor '([^']+)'")
 
 
 def read_config(checkpoint: Path) -> dict:
@@ -53,15 +56,40 @@ def convert(checkpoint: Path, out: Path, outtype: str) -> Path:
     config = read_config(checkpoint)
     outtype = resolve_outtype(outtype, config)
     converter = vendor.require()
+    _run(converter, [str(converter.script), str(checkpoint)], out, outtype, f"convert → {outtype.upper()}",
+         lambda code, tail: _conversion_error(checkpoint, config, tail, code))
+    return out
+
+
+LORA_OUTTYPES = ("f16", "bf16", "f32")
+
+
+def convert_lora(adapter_dir: Path, base: Path, out: Path, outtype: str = "f16") -> Path:
+    """Run convert_lora_to_gguf.py (same pinned source) on a PEFT adapter, against the base
+    checkpoint's config, writing a GGUF LoRA to `out` atomically."""
+    read_config(base)
+    outtype = outtype.lower()
+    if outtype not in LORA_OUTTYPES:
+        raise UserError(f"unknown LoRA --outtype {outtype!r}; choose one of {', '.join(LORA_OUTTYPES)}")
+    converter = vendor.require()
+    # --base: the base's config and tokenizer come from disk, never from the hub.
+    cmd = [str(converter.lora_script), str(adapter_dir), "--base", str(base)]
+    _run(converter, cmd, out, outtype, f"LoRA → {outtype.upper()}", lambda code, tail: _lora_error(adapter_dir, tail, code))
+    return out
+
+
+def _run(converter: vendor.Converter, args: list[str], out: Path, outtype: str, label: str,
+         error: Callable[[int, list[str]], Exception]) -> None:
+    """Run one of the converter's scripts into `out`, atomically; `error` makes the exception
+    for a failed run from its exit code and last lines of output."""
     # Its own gguf-py first on the path (the script also prepends it): never a gguf wheel.
     pythonpath = os.pathsep.join(filter(None, [str(converter.gguf_py), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", PYTHONPATH=pythonpath)
     env.pop("NO_LOCAL_GGUF", None)  # the converter must use its own gguf-py, not a wheel
     tail: deque[str] = deque(maxlen=40)
     with atomic_path(out) as tmp, console.step_progress() as progress:
-        task = progress.add_task(f"convert → {outtype.upper()}", total=100)
-        cmd = [sys.executable, str(converter.script), str(checkpoint),
-               "--outfile", str(tmp), "--outtype", outtype]
+        task = progress.add_task(label, total=100)
+        cmd = [sys.executable, *args, "--outfile", str(tmp), "--outtype", outtype]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         try:
             assert proc.stdout is not None
@@ -80,9 +108,18 @@ def convert(checkpoint: Path, out: Path, outtype: str) -> Path:
             proc.wait()
             raise
         if code != 0:
-            raise _conversion_error(checkpoint, config, list(tail), code)
+            raise error(code, list(tail))  # inside the block: the partial file is dropped
         progress.update(task, completed=100)
-    return out
+
+
+def _lora_error(adapter_dir: Path, tail: list[str], code: int) -> Exception:
+    if m := _UNMAPPED.search("\n".join(tail)):
+        return UnsupportedAdapter(f"{adapter_dir}: the adapter changes {m.group(1)}, which llama.cpp's converter "
+                                  "has no GGUF name for in this architecture; merge it instead: "
+                                  "toolkit quantize BASE --lora ADAPTER")
+    errors = [line for line in tail if "error" in line.lower()]
+    reason = (errors or tail or [f"exit code {code}"])[-1].strip()
+    return ConversionFailed(f"llama.cpp's convert_lora_to_gguf.py failed on {adapter_dir}: {reason}")
 
 
 def _conversion_error(checkpoint: Path, config: dict, tail: list[str], code: int) -> Exception:

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from . import backend, fit, gguf, llama_log
-from .errors import DecodeFailed, LoadFailed, ToolkitError, UserError
+from .errors import AdapterMismatch, DecodeFailed, InvalidAdapter, LoadFailed, ToolkitError, UserError
 from .sampler import Sampler
 
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
@@ -38,6 +38,8 @@ class EngineSettings:
     # True turns both off, so on the CPU a batched run gives exactly the single-stream tokens
     # (about 20% slower there; no effect on layers offloaded to a GPU, whose kernels still vary).
     batch_invariant: bool = False
+    lora: Path | None = None  # a GGUF LoRA (toolkit lora) applied on top of the model
+    lora_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class Engine:
         self.ctx = None
         self.n_ctx = 0
         self.fit_plan: fit.FitPlan | None = None
+        self.adapter = None
         llama_cpp.llama_backend_init()
         # "auto" needs the context size, which needs the prompts' tokens: load only the
         # vocabulary now, and the weights once place() knows how much KV cache there will be.
@@ -82,10 +85,7 @@ class Engine:
     def _load(self, n_gpu_layers: int, vocab_only: bool) -> None:
         import llama_cpp
 
-        if self.model:
-            with llama_log.capture():
-                llama_cpp.llama_model_free(self.model)
-            self.model = None
+        self._free_model()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers if n_gpu_layers >= 0 else 1_000_000
         mparams.vocab_only = vocab_only
@@ -107,6 +107,12 @@ class Engine:
             n_ctx_train=self.header.context_length or 4096,
             offload_log=next((ln.strip() for ln in log.lines if _OFFLOADED.search(ln)), ""),
         )
+        if self.settings.lora is not None and not vocab_only:
+            try:
+                self.adapter = self._load_adapter(Path(self.settings.lora))
+            except BaseException:
+                self.close()
+                raise
 
     @property
     def on_gpu(self) -> bool:
@@ -129,6 +135,20 @@ class Engine:
         self._load(self.fit_plan.n_gpu_layers if self.fit_plan else 0, vocab_only=False)
         self._placed = True
         return self.fit_plan
+
+    def _load_adapter(self, path: Path):
+        import llama_cpp
+
+        info = gguf.read(path)
+        if info.metadata.get("general.type") != "adapter":
+            raise InvalidAdapter(f"{path.name} is not a GGUF LoRA adapter (make one with `toolkit lora ADAPTER --base BASE`)")
+        with llama_log.capture() as log:
+            adapter = llama_cpp.llama_adapter_lora_init(self.model, str(path).encode())
+        if not adapter:
+            # llama.cpp checks architecture and every tensor's shape against the model.
+            reason = log.last_error() or "unknown reason"
+            raise AdapterMismatch(f"llama.cpp cannot apply {path.name} to {self.path.name}: {reason}")
+        return adapter
 
     # -- context -----------------------------------------------------------------------------
     def open_context(self, n_ctx: int, n_seq_max: int = 1, kv_unified: bool = False) -> None:
@@ -168,6 +188,13 @@ class Engine:
         if not self.ctx:
             raise LoadFailed(f"llama.cpp cannot create a context of {n_ctx} tokens: {log.last_error() or 'out of memory?'}")
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+        if self.adapter:  # adapters belong to a context: set on every one we create
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self.adapter)
+            scales = (ctypes.c_float * 1)(self.settings.lora_scale)
+            with llama_log.capture():  # it re-plans the compute graph, verbosely
+                rc = llama_cpp.llama_set_adapters_lora(self.ctx, adapters, 1, scales)
+            if rc != 0:
+                raise LoadFailed(f"llama.cpp could not apply the LoRA {self.settings.lora} to the context")
 
     def close_context(self) -> None:
         import llama_cpp
@@ -177,14 +204,20 @@ class Engine:
                 llama_cpp.llama_free(self.ctx)
             self.ctx = None
 
-    def close(self) -> None:
+    def _free_model(self) -> None:
         import llama_cpp
 
-        self.close_context()
+        if self.adapter:  # belongs to the model: freed first
+            llama_cpp.llama_adapter_lora_free(self.adapter)
+            self.adapter = None
         if self.model:
             with llama_log.capture():
                 llama_cpp.llama_model_free(self.model)
             self.model = None
+
+    def close(self) -> None:
+        self.close_context()
+        self._free_model()
 
     def __enter__(self) -> "Engine":
         return self
@@ -292,6 +325,17 @@ class Engine:
                         on_row(start + j + 1, np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))
         finally:
             llama_cpp.llama_batch_free(batch)
+
+    def prompt_logits(self, prompt: list[int]) -> np.ndarray:
+        """The next-token logits after `prompt`, evaluated as a fresh sequence (a copy)."""
+        import llama_cpp
+
+        if self.ctx is None:
+            raise ToolkitError("no context: call open_context first")
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+        for i in range(0, len(prompt), self.settings.n_batch):
+            self._decode(prompt[i:i + self.settings.n_batch])
+        return self._logits().copy()
 
     def generate(self, prompt: list[int], sampler: Sampler, max_new_tokens: int, on_token=None) -> Generation:
         import llama_cpp

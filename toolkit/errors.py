@@ -71,6 +71,18 @@ class NoChatTemplate(UserError):
     """The model file carries no chat template and none was given."""
 
 
+class InvalidAdapter(UserError):
+    """Not a PEFT adapter directory (no adapter_config.json, no weights, malformed tensors)."""
+
+
+class UnsupportedAdapter(InvalidAdapter):
+    """A PEFT adapter of a kind toolkit cannot merge or convert (not LoRA, DoRA, full weights …)."""
+
+
+class AdapterMismatch(InvalidAdapter):
+    """An adapter made for another base model: missing tensors or other shapes."""
+
+
 class ConversionFailed(ToolkitError):
     """llama.cpp's converter exited with an error."""
 

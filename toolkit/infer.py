@@ -16,6 +16,7 @@ from . import chat_template, console, dataset, embedded
 from .clean import clean_answer, has_answer_form
 from .engine import Engine, EngineSettings, Generation, LoadInfo
 from .errors import ModelNotFound, UserError
+from .lora import is_lora_gguf
 from .parallel import ParallelDecoder, Request, kv_cells, shared_prefixes
 from .prompts import CORRECTION, SELECTION, PromptSet, build_messages, warn_unknown_types
 from .sampler import Sampler, SamplingParams, item_seed
@@ -54,6 +55,8 @@ class InferResult:
     missing_form: int = 0  # … of which lack "…"가 옳다
 
     parallel: int = 1
+    lora: Path | None = None
+    lora_scale: float = 1.0
 
     @property
     def tokens_per_second(self) -> float:
@@ -65,7 +68,7 @@ def resolve_model(settings: InferSettings) -> Path:
         if not settings.model.is_file():
             raise ModelNotFound(f"{settings.model}: no such model file")
         return settings.model
-    found = sorted(p for p in settings.models_dir.rglob("*.gguf") if not p.name.startswith("."))
+    found = sorted(p for p in settings.models_dir.rglob("*.gguf") if not p.name.startswith(".") and not is_lora_gguf(p))
     if len(found) == 1:
         return found[0]
     if len(found) > 1:
@@ -76,8 +79,9 @@ def resolve_model(settings: InferSettings) -> Path:
     return path
 
 
-def default_output(input_path: Path, model: Path, dry_run: bool) -> Path:
-    suffix = "prompts" if dry_run else model.stem
+def default_output(input_path: Path, model: Path, dry_run: bool, lora: Path | None = None) -> Path:
+    # With a LoRA the answers are another model's: another file, so a resume never mixes them.
+    suffix = "prompts" if dry_run else model.stem + (f"+{lora.stem}" if lora else "")
     return input_path.with_name(f"{input_path.stem}.{suffix}.json")
 
 
@@ -134,7 +138,7 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
     params = settings.sampling.validate()
     items = dataset.load_items(input_path)
     model_path = resolve_model(settings)
-    output = settings.output or default_output(input_path, model_path, settings.dry_run)
+    output = settings.output or default_output(input_path, model_path, settings.dry_run, settings.engine.lora)
     if output.resolve() == input_path.resolve():
         raise UserError("the output would overwrite the input file; choose another --output")
     previous = dataset.load_previous(output, items) if settings.resume and not settings.dry_run else {}
@@ -173,7 +177,7 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
         if placed:
             console.err.print(placed.describe())
         result = InferResult(output, model_path, engine.info, n_ctx, len(items), resumed=len(previous),
-                             parallel=parallel)
+                             parallel=parallel, lora=settings.engine.lora, lora_scale=settings.engine.lora_scale)
         _print_header(result)
 
         if settings.dry_run:
@@ -244,5 +248,7 @@ def _print_header(r: InferResult) -> None:
     console.err.print(f"model    {info.path}")
     console.err.print(f"         {info.architecture}, {info.quant_type}, "
                       f"{info.layers_offloaded}/{info.layers_total} layers on the GPU, backend {info.backend}")
+    if r.lora is not None:
+        console.err.print(f"lora     {r.lora} (scale {r.lora_scale:g})")
     console.err.print(f"context  {r.n_ctx} tokens (trained {info.n_ctx_train}), {r.parallel} sequence(s) at a time")
     console.err.print(f"items    {r.items} ({r.resumed} already answered in {r.output})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import threading
 from collections import deque
 from typing import Callable, Iterator
@@ -63,5 +64,10 @@ def capture(on_line: Callable[[str], None] | None = None) -> Iterator[LogTail]:
     try:
         yield tail
     finally:
-        # Back to llama-cpp-python's own logger (quiet unless verbose).
+        # Back to llama-cpp-python's own logger (quiet unless verbose). Its level stays unset,
+        # which prints everything, until a Llama object sets it: set it to quiet here. (Some
+        # calls log later, outside any capture: the first decode after a LoRA is set re-plans
+        # the graph at debug level.)
+        if _logger.logger.level == logging.NOTSET:
+            _logger.set_verbose(False)
         llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))

@@ -20,17 +20,29 @@ def load(directory: Path) -> dict[str, Any]:
         return {}
 
 
-def new(source_identity: dict) -> dict[str, Any]:
+def new(source_identity: dict, adapter: dict | None = None) -> dict[str, Any]:
+    """A fresh manifest; `adapter` (Adapter.record()) when a LoRA adapter is merged or converted."""
     conv = vendor.find()
     return {
         "toolkit_version": __version__,
         "source": source_identity,
+        **({"adapter": adapter} if adapter else {}),
         "llama_cpp": {
             "llama_cpp_python": versions.LLAMA_CPP_PYTHON,
             "commit": conv.commit if conv else versions.LLAMA_CPP_COMMIT,
         },
         "files": {},
     }
+
+
+def same_origin(manifest: dict[str, Any], source_identity: dict, adapter_identity: dict | None) -> bool:
+    """Made from this source, with this adapter (or none): only then are its files reusable."""
+    if manifest.get("source") != source_identity:
+        return False
+    recorded = manifest.get("adapter")
+    if adapter_identity is None or recorded is None:
+        return adapter_identity is None and recorded is None
+    return {k: recorded.get(k) for k in adapter_identity} == adapter_identity
 
 
 def record(directory: Path, manifest: dict[str, Any], qtype: str, entry: dict[str, Any]) -> None:

@@ -1,16 +1,19 @@
-"""The `quantize` verb: source → convert → quantize → manifest, one call.
+"""The `quantize` verb: source (→ LoRA merge) → convert → quantize → manifest, one call.
 
     quantize("LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct", QuantizeSettings(types=("Q4_K_M", "Q8_0")))
+    quantize("Qwen/Qwen3-8B", QuantizeSettings(lora="team/qwen3-8b-norm-lora"))
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import gguf, manifest
+from .adapter import Adapter, load_adapter, merged_checkpoint
 from .convert import convert, read_config, resolve_outtype
 from .errors import InvalidGGUF, OutputExists
 from .fsutil import sha256_file
@@ -28,6 +31,8 @@ class QuantizeSettings:
     force: bool = False
     threads: int = 0  # 0: every core
     check: bool = True  # fidelity report of each new quant against the 16-bit intermediate
+    lora: str | None = None  # a PEFT LoRA adapter (directory or hub id) merged into the model first
+    lora_revision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ class QuantizeResult:
     files: list[OutputFile] = field(default_factory=list)
     convert_seconds: float | None = None
     fidelity: list = field(default_factory=list)  # fidelity.FidelityRow, reference first
+    adapter: Adapter | None = None
+    merge_seconds: float | None = None
 
 
 def output_path(directory: Path, name: str, qtype: str) -> Path:
@@ -89,16 +96,19 @@ def _output(path: Path, entry: dict, status: str) -> OutputFile:
 def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token: str | None = None) -> QuantizeResult:
     types = list(dict.fromkeys(canonical_type(t) for t in settings.types)) or [DEFAULT_TYPE]
     source = locate(model, settings.revision, token)
-    directory = settings.output_dir / source.name
-    result = QuantizeResult(source, directory)
+    lora = load_adapter(settings.lora, settings.lora_revision, token) if settings.lora else None
+    # A merged model is another model: its own directory and names, <base>-<adapter>.
+    name = f"{source.name}-{lora.name}" if lora else source.name
+    directory = settings.output_dir / name
+    result = QuantizeResult(source, directory, adapter=lora)
     recorded = manifest.load(directory)
-    same_source = recorded.get("source") == source.identity()
-    man = recorded if same_source else manifest.new(source.identity())
+    same_source = manifest.same_origin(recorded, source.identity(), lora.source.identity() if lora else None)
+    man = recorded if same_source else manifest.new(source.identity(), lora.record() if lora else None)
 
     # Decide everything before any work: skip what is finished, refuse to clobber the rest.
     todo: list[str] = []
     for qtype in types:
-        final = output_path(directory, source.name, qtype)
+        final = output_path(directory, name, qtype)
         if final.exists() and not settings.force:
             entry = man["files"].get(qtype) if same_source else None
             if _is_valid(final, entry, qtype):
@@ -111,17 +121,22 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
 
     checkpoint = fetch(source, token)
     inter_type = resolve_outtype(settings.outtype, read_config(checkpoint)).upper()
-    inter_final = output_path(directory, source.name, inter_type)
+    inter_final = output_path(directory, name, inter_type)
     keep = settings.keep_intermediate or inter_type in todo
     inter_entry = man["files"].get(inter_type)
     reuse = (not settings.force and same_source and inter_final.exists() and inter_type not in todo
              and _is_valid(inter_final, inter_entry, inter_type))
-    intermediate = inter_final if (keep or reuse) else directory / f".{source.name}-{inter_type}.intermediate"
+    intermediate = inter_final if (keep or reuse) else directory / f".{name}-{inter_type}.intermediate"
     try:
         if not reuse:
-            t0 = time.monotonic()
-            convert(checkpoint, intermediate, settings.outtype)
-            result.convert_seconds = time.monotonic() - t0
+            with contextlib.ExitStack() as stack:
+                if lora:
+                    t0 = time.monotonic()
+                    checkpoint = stack.enter_context(merged_checkpoint(checkpoint, lora, directory, name))
+                    result.merge_seconds = time.monotonic() - t0
+                t0 = time.monotonic()
+                convert(checkpoint, intermediate, settings.outtype)
+                result.convert_seconds = time.monotonic() - t0
             if keep:
                 verify_loads(intermediate)
                 entry = _describe(intermediate, inter_type, result.convert_seconds, intermediate=True)
@@ -131,7 +146,7 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
         for qtype in todo:
             if qtype == inter_type:
                 continue
-            final = output_path(directory, source.name, qtype)
+            final = output_path(directory, name, qtype)
             t0 = time.monotonic()
             quantize_file(intermediate, final, qtype, settings.threads)
             entry = _describe(final, qtype, time.monotonic() - t0, intermediate=False)

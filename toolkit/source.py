@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import console
 from .convert import read_config
-from .errors import GatedRepo, HubUnavailable, NotACheckpoint, RepoNotFound, RevisionNotFound
+from .errors import GatedRepo, HubUnavailable, InvalidAdapter, NotACheckpoint, RepoNotFound, RevisionNotFound
 
 # What llama.cpp's converter reads; everything else in a repo (other formats, images,
 # `original/` consolidated weights) is left on the hub.
@@ -28,6 +28,9 @@ _CONFIG_FILES = (
 )
 _SAFETENSORS = ("*.safetensors", "model.safetensors.index.json")
 _PYTORCH_BIN = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
+# A PEFT adapter: its config and one weight file (safetensors preferred, as peft loads it).
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
@@ -63,9 +66,15 @@ def _fingerprint(directory: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def select_files(repo_files: list[str]) -> list[str]:
-    """The top-level files conversion needs: configs, tokenizer, one weight format."""
+def select_files(repo_files: list[str], adapter: bool = False) -> list[str]:
+    """The top-level files conversion needs: configs, tokenizer, one weight format.
+
+    For a PEFT adapter: adapter_config.json and one adapter weight file.
+    """
     top = [f for f in repo_files if "/" not in f]
+    if adapter:
+        weights = next((w for w in ADAPTER_WEIGHTS if w in top), None)
+        return [f for f in top if f in (ADAPTER_CONFIG, weights)]
     weights = _SAFETENSORS if any(f.endswith(".safetensors") for f in top) else _PYTORCH_BIN
     patterns = _CONFIG_FILES + weights
     return [f for f in top if any(fnmatch.fnmatch(f, p) for p in patterns)]
@@ -84,13 +93,28 @@ def locate(model: str, revision: str | None = None, token: str | None = None) ->
     return _locate_hub(model, revision, token)
 
 
+def locate_adapter(adapter: str, revision: str | None = None, token: str | None = None) -> Source:
+    """A PEFT adapter: a local directory with adapter_config.json, or a hub repo id."""
+    path = Path(adapter).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InvalidAdapter(f"{adapter}: is a file; a PEFT adapter is a directory with adapter_config.json")
+        path = path.resolve()
+        if not (path / ADAPTER_CONFIG).is_file():
+            raise InvalidAdapter(f"{adapter}: no {ADAPTER_CONFIG}, so not a PEFT adapter directory")
+        return Source("local", str(path), path.name, fingerprint=_fingerprint(path), path=path)
+    if adapter.startswith((".", "/", "~")) or adapter.count("/") > 1 or not _REPO_ID.fullmatch(adapter):
+        raise InvalidAdapter(f"{adapter}: no such directory, and not a Hugging Face repo id (owner/name)")
+    return _locate_hub(adapter, revision, token, adapter=True)
+
+
 def _hub_errors():
     from huggingface_hub import errors
 
     return errors
 
 
-def _locate_hub(repo_id: str, revision: str | None, token: str | None) -> Source:
+def _locate_hub(repo_id: str, revision: str | None, token: str | None, adapter: bool = False) -> Source:
     from huggingface_hub import HfApi
 
     errors = _hub_errors()
@@ -107,14 +131,19 @@ def _locate_hub(repo_id: str, revision: str | None, token: str | None) -> Source
         hint = "check the id" if token or os.environ.get("HF_TOKEN") else "if it is private, set HF_TOKEN"
         raise RepoNotFound(f"{repo_id}: no such model on the hub or no access ({hint})") from None
     except errors.OfflineModeIsEnabled:
-        return _cached_source(repo_id, name, revision)
+        return _cached_source(repo_id, name, revision, adapter)
     except Exception as e:  # httpx, requests and OS errors all mean "no hub" here
         if _is_connection_error(e):
-            return _cached_source(repo_id, name, revision)
+            return _cached_source(repo_id, name, revision, adapter)
         raise
     files = {s.rfilename: (s.size or 0) for s in (info.siblings or [])}
-    wanted = select_files(list(files))
-    if "config.json" not in wanted:
+    wanted = select_files(list(files), adapter)
+    if adapter:
+        if ADAPTER_CONFIG not in wanted:
+            raise InvalidAdapter(f"{repo_id}: the repo has no {ADAPTER_CONFIG}, so it is not a PEFT adapter")
+        if len(wanted) < 2:
+            raise InvalidAdapter(f"{repo_id}: the repo has no {' or '.join(ADAPTER_WEIGHTS)}")
+    elif "config.json" not in wanted:
         raise NotACheckpoint(f"{repo_id}: the repo has no config.json, so it is not a transformers checkpoint")
     if not any(f.endswith((".safetensors", ".bin")) for f in wanted):
         raise NotACheckpoint(f"{repo_id}: the repo has no safetensors or pytorch weights (a GGUF-only repo?)")
@@ -127,7 +156,7 @@ def _is_connection_error(e: Exception) -> bool:
     return any(w in text for w in ("connect", "timeout", "timed out", "resolve", "network", "unreachable"))
 
 
-def _cached_source(repo_id: str, name: str, revision: str | None) -> Source:
+def _cached_source(repo_id: str, name: str, revision: str | None, adapter: bool = False) -> Source:
     """Offline: use the snapshot already in the HF cache, if there is one."""
     from huggingface_hub import snapshot_download
 
@@ -136,7 +165,11 @@ def _cached_source(repo_id: str, name: str, revision: str | None) -> Source:
         local = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
     except (errors.LocalEntryNotFoundError, FileNotFoundError, ValueError, OSError):
         raise HubUnavailable(f"{repo_id}: the hub cannot be reached and the model is not in the HF cache") from None
-    read_config(local)
+    if adapter:
+        if not (local / ADAPTER_CONFIG).is_file():
+            raise InvalidAdapter(f"{repo_id}: the cached snapshot has no {ADAPTER_CONFIG}")
+    else:
+        read_config(local)
     return Source("hub", repo_id, name, revision=revision or "main", commit=local.name, path=local)
 
 

@@ -1,0 +1,87 @@
+"""The `lora` verb: a PEFT LoRA adapter → a GGUF LoRA, which llama.cpp applies at run time on
+top of any GGUF of the same base (F16, Q8_0, Q4_K_M …) with `toolkit infer --lora`.
+
+    export_lora("team/exaone-norm-lora", "LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct")
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import gguf, manifest
+from .adapter import Adapter, base_tensors, check_base, load_adapter, runtime_adapter_dir
+from .convert import LORA_OUTTYPES, convert_lora
+from .errors import InvalidGGUF, OutputExists, UserError
+from .fsutil import sha256_file
+from .source import Source, fetch, locate
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    outtype: str = "f16"  # f16 | bf16 | f32
+    output: Path | None = None  # None: <output_dir>/<base>-<adapter>/<base>-<adapter>-LoRA-F16.gguf
+    output_dir: Path = Path("models")
+    revision: str | None = None  # the adapter's
+    base_revision: str | None = None
+    force: bool = False
+
+
+@dataclass
+class LoraResult:
+    adapter: Adapter
+    base: Source
+    path: Path
+    size: int
+    seconds: float
+    status: str  # "built" or "skipped"
+
+
+def is_lora_gguf(path: Path) -> bool:
+    try:
+        return gguf.read(path).metadata.get("general.type") == "adapter"
+    except InvalidGGUF:
+        return False
+
+
+def export_lora(adapter_spec: str, base_spec: str, settings: LoraSettings = LoraSettings(),
+                token: str | None = None) -> LoraResult:
+    outtype = settings.outtype.lower()
+    if outtype not in LORA_OUTTYPES:
+        raise UserError(f"unknown LoRA --outtype {settings.outtype!r}; choose one of {', '.join(LORA_OUTTYPES)}")
+    base = locate(base_spec, settings.base_revision, token)
+    lora = load_adapter(adapter_spec, settings.revision, token)
+    name = f"{base.name}-{lora.name}"
+    key = f"LoRA-{outtype.upper()}"
+    directory = settings.output_dir / name
+    out = settings.output or directory / f"{name}-{key}.gguf"
+    # The manifest beside the merged GGUFs records the file only in its default place.
+    tracked = settings.output is None
+    recorded = manifest.load(directory) if tracked else {}
+    same = tracked and manifest.same_origin(recorded, base.identity(), lora.source.identity())
+    man = recorded if same else manifest.new(base.identity(), lora.record())
+
+    if out.exists() and not settings.force:
+        entry = man["files"].get(key) if same else None
+        if entry and entry.get("size") == out.stat().st_size and is_lora_gguf(out):
+            return LoraResult(lora, base, out, entry["size"], entry["seconds"], "skipped")
+        raise OutputExists(f"{out} exists but was not made by toolkit from this adapter and base; --force replaces it")
+
+    checkpoint = fetch(base, token)
+    # Refuse before converting: the converter's own failure for a foreign base is an assert.
+    check_base(lora, base_tensors(checkpoint), checkpoint.name, runtime=True)
+    t0 = time.monotonic()
+    with runtime_adapter_dir(lora, out.parent) as adapter_dir:
+        convert_lora(adapter_dir, checkpoint, out, outtype)
+    seconds = time.monotonic() - t0
+    size = out.stat().st_size
+    info = gguf.read(out)  # complete, or a clear error
+    if tracked:
+        manifest.record(directory, man, key, {
+            "type": key, "file": out.name, "lora": True, "size": size, "tensors": len(info.tensors),
+            "sha256": sha256_file(out), "seconds": round(seconds, 2),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+    return LoraResult(lora, base, out, size, seconds, "built")
