@@ -65,6 +65,10 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="quantizer threads (default: all cores)")
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip the fidelity report (top-1 agreement, KL divergence, perplexity vs the 16-bit file)")
+    p.add_argument("--lora", metavar="ADAPTER",
+                   help="PEFT LoRA adapter (directory or hub id) merged into MODEL first; outputs go to "
+                        "<model>-<adapter>/")
+    p.add_argument("--lora-revision", help="the adapter's hub branch, tag or commit (default: main)")
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -79,10 +83,6 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-ctx", type=int, default=512, help="chunk size for a plain text file (as llama-perplexity -c)")
     p.add_argument("--n-gpu-layers", type=gpu_layers, default=-1)
     p.add_argument("--json", action="store_true", help="print a list of objects")
-    p.add_argument("--lora", metavar="ADAPTER",
-                   help="PEFT LoRA adapter (directory or hub id) merged into MODEL first; outputs go to "
-                        "<model>-<adapter>/")
-    p.add_argument("--lora-revision", help="the adapter's hub branch, tag or commit (default: main)")
 
 
 def _add_lora(sub: argparse._SubParsersAction) -> None:
