@@ -484,10 +484,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"setup": cmd_setup, "doctor": cmd_doctor, "quantize": cmd_quantize,
-            "compare": cmd_compare, "inspect": cmd_inspect, "infer": cmd_infer, "bench": cmd_bench, "score": cmd_score, "demo": cmd_demo}
-COMMANDS = {"setup": cmd_setup, "doctor": cmd_doctor, "quantize": cmd_quantize, "lora": cmd_lora,
-            "inspect": cmd_inspect, "infer": cmd_infer, "bench": cmd_bench, "score": cmd_score, "demo": cmd_demo}
+COMMANDS = {"setup": cmd_setup, "doctor": cmd_doctor, "quantize": cmd_quantize, "compare": cmd_compare,
+            "lora": cmd_lora, "inspect": cmd_inspect, "infer": cmd_infer, "bench": cmd_bench, "score": cmd_score,
+            "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
