@@ -45,6 +45,7 @@ def test_demo_quantizes_the_embedded_model(tmp_path):
     out = tmp_path / "models" / "SmolLM2-135M-Instruct" / "SmolLM2-135M-Instruct-Q4_K_M.gguf"
     assert out.is_file()
     assert "Q4_K_M" in r.stdout and "architecture     llama" in r.stdout
+    assert "fidelity vs the BF16 intermediate" in r.stdout and "top-1" in r.stdout
     answers = json.loads((tmp_path / "models" / "samples.answers.json").read_text(encoding="utf-8"))
     assert len(answers) == 8 and all(isinstance(a["output"]["answer"], str) for a in answers)
     assert "overall" in r.stdout and "final = (EM + mean of rouge1" in r.stdout

@@ -476,6 +476,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     quantized, answers, scores = demo.run()
     print_quantize_result(quantized)
+    if quantized.fidelity:
+        print_fidelity(quantized.fidelity, f"fidelity vs the {quantized.fidelity[0].type} intermediate")
     print_inspect(quantized.files[0].path)
     print_infer_result(answers)
     print_score(scores)
