@@ -131,7 +131,7 @@ class Engine:
         flash = self.settings.flash_attn if self.settings.flash_attn is not None else True
         req = fit.FitRequest(n_ctx=n_ctx, n_ubatch=min(self.settings.n_batch, n_ctx),
                              cache_type=self.settings.cache_type, flash_attn=flash)
-        self.fit_plan = fit.plan(fit.shape_of(self.path), req, free) if gpus else None
+        self.fit_plan = fit.plan(fit.shape_of(self.path, self.header), req, free) if gpus else None
         self._load(self.fit_plan.n_gpu_layers if self.fit_plan else 0, vocab_only=False)
         self._placed = True
         return self.fit_plan

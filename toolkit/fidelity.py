@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import chat_template, gguf
+from . import chat_template
 from .engine import Engine, EngineSettings
 from .errors import UserError
 from .sampler import Sampler, SamplingParams
@@ -182,7 +182,8 @@ def compare(reference: Path, quants: list[Path], texts_source: Path | None = Non
             ref_nll[row] = -lp[target]
 
         _evaluate(ref_engine, texts, keep)
-    rows = [FidelityRow(reference.name, gguf.read(reference).file_type_name, 1.0, 0.0, 0.0,
+        ref_type = ref_engine.header.file_type_name
+    rows = [FidelityRow(reference.name, ref_type, 1.0, 0.0, 0.0,
                         float(np.exp(ref_nll.mean())), n_positions)]
     try:
         for path in quants:
@@ -203,7 +204,8 @@ def compare(reference: Path, quants: list[Path], texts_source: Path | None = Non
                     nll[row] = -lq[target]
 
                 _evaluate(engine, texts, measure)
-            rows.append(FidelityRow(path.name, gguf.read(path).file_type_name, float(same.mean()),
+                quant_type = engine.header.file_type_name
+            rows.append(FidelityRow(path.name, quant_type, float(same.mean()),
                                     float(kld.mean()), float(np.percentile(kld, 99)), float(np.exp(nll.mean())),
                                     n_positions))
     finally:

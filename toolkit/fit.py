@@ -40,12 +40,14 @@ class ModelShape:
     output_bytes: int  # output norm + output matrix (the tied embedding when there is none)
 
 
-def shape_of(path: Path) -> ModelShape:
-    """The sizes that decide memory, from a GGUF's header."""
-    arch = gguf.read(path).architecture
-    # Per-layer arrays (head counts of some architectures) are longer than the reader keeps by default.
-    header = gguf.read(path, keep_arrays=tuple(f"{arch}.{k}" for k in
-                                               ("attention.head_count", "attention.head_count_kv", "feed_forward_length")))
+def shape_of(path: Path, header: gguf.GGUFFile | None = None) -> ModelShape:
+    """The sizes that decide memory, from a GGUF's header (pass it when already read)."""
+    header = header or gguf.read(path)
+    arch = header.architecture
+    per_layer = tuple(f"{arch}.{k}" for k in ("attention.head_count", "attention.head_count_kv", "feed_forward_length"))
+    # Per-layer arrays longer than the reader keeps by default (models of over 64 layers): read again, keeping them.
+    if any(isinstance(header.metadata.get(k), gguf.ArraySummary) for k in per_layer):
+        header = gguf.read(path, keep_arrays=per_layer)
     meta = header.metadata
 
     def number(key: str, default: int = 0) -> int:
