@@ -8,19 +8,20 @@
 #   4. toolkit infer on 504 questions (the samples × 63), every layer on the GPU
 #   5. toolkit bench at --parallel 1, 4, 16
 #   6. --n-gpu-layers auto with --vram-limit 6 on the 15 GiB BF16 file (must stay under 6 GiB)
+#   7. llama.cpp's own llama-bench on the Q4_K_M file, built in step 1's build tree
 #
 # device run:  bash scripts/gpu_check.sh          carry [".gpu"], timeout 600; figures in $OUT
 # a rehearsal here, on the CPU, with a 4-layer model:  TINY=1 PY=.venv/bin/python bash scripts/gpu_check.sh
 #
 # Each step is skipped when its result is already there, so a rerun on the still-warm machine
-# goes on where a timeout stopped it. STEPS="build model quantize infer bench auto" picks steps.
+# goes on where a timeout stopped it. STEPS="build model quantize infer bench auto llamabench" picks steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 PY=${PY:-python3}
 OUT=${OUT:-/tmp/gpu_check_out}
 WORK=${WORK:-/tmp/gpu_check}
-STEPS=${STEPS:-build model quantize infer bench auto}
+STEPS=${STEPS:-build model quantize infer bench llamabench auto}
 TINY=${TINY:-}
 SHAPE=$([ -n "$TINY" ] && echo tiny || echo llama3-8b)
 NEW_TOKENS=${NEW_TOKENS:-$([ -n "$TINY" ] && echo 16 || echo 64)}
@@ -51,6 +52,7 @@ vram_peak() {
 echo "# gpu_check $(date -u +%FT%TZ) shape=$SHAPE"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv
 nproc
+"$PY" -c "import sys, torch, transformers; print('python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__)"
 
 # Pure-Python dependencies the image lacks, and (step 1) the runtime, go to a target dir.
 SITE=${SITE:-/tmp/site}
@@ -61,28 +63,45 @@ if [ -z "$TINY" ]; then
 fi
 TK=("$PY" -m toolkit)
 
+# Step 1 runs in the background while step 2 draws the checkpoint on the GPU (no llama_cpp needed).
+# The sdist is unpacked to $WORK/src and built in $WORK/skbuild with llama.cpp's tools on, so step 7
+# finds llama-bench there: reconfiguring that tree later would recompile ggml-cuda.
+SRC="$WORK/src"
+BUILD="$WORK/skbuild"
+BUILD_PID=
 if step build && [ -z "$TINY" ] && ! "$PY" -c "import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())" 2>/dev/null; then
-  echo "== 1. build llama-cpp-python with CUDA"
-  t0=$(clock)
+  echo "== 1. build llama-cpp-python with CUDA (log: build.log)"
+  [ -d "$SRC" ] || { mkdir -p "$SRC" && tar xzf .gpu/llama_cpp_python-*.tar.gz -C "$SRC" --strip-components=1; }
   # The flags scripts/setup.sh uses when it finds nvcc, with this card's architecture;
   # no build isolation: the image has scikit-build-core, cmake and ninja, and no network.
-  CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" \
-    .gpu/llama_cpp_python-*.tar.gz || { echo "build failed"; exit 1; }
-  record cuda_build_seconds "$(took "$t0")"
+  (
+    t0=$(clock)
+    CMAKE_ARGS="${CMAKE_ARGS:--DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90} -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF" \
+    CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+      "$PY" -m pip install --no-index --no-deps --no-build-isolation --target "$SITE" \
+      -C build-dir="$BUILD" "$SRC" > "$OUT/build.log" 2>&1 || { echo "build failed"; tail -40 "$OUT/build.log"; exit 1; }
+    record cuda_build_seconds "$(took "$t0")"
+  ) &
+  BUILD_PID=$!
 fi
-"${TK[@]}" doctor || exit 1
 
 CKPT="$WORK/Llama-3-8B-shaped"
 [ -n "$TINY" ] && CKPT="$WORK/Llama-3-tiny-shaped"
-if step model; then
+if step model && [ ! -f "$CKPT/config.json" ]; then
   echo "== 2. checkpoint ($SHAPE, random weights)"
+  t0=$(clock)
   TOK="$WORK/llama3-tokenizer"
   mkdir -p "$TOK" && cp .gpu/llama3-tokenizer/*.json* .gpu/llama3-tokenizer/*.jinja "$TOK"/ 2>/dev/null
   [ -f "$TOK/tokenizer.json" ] || gunzip -f "$TOK/tokenizer.json.gz"
   DEV=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
   "$PY" scripts/make_random_checkpoint.py --shape "$SHAPE" --tokenizer "$TOK" --out "$CKPT" --device "$DEV" || exit 1
+  record checkpoint_seconds "$(took "$t0")"
 fi
+
+if [ -n "$BUILD_PID" ]; then
+  wait "$BUILD_PID" || exit 1
+fi
+"${TK[@]}" doctor || exit 1
 
 MODELS="$WORK/models"
 NAME=$(basename "$CKPT")
@@ -91,7 +110,7 @@ BF16="$MODELS/$NAME/$NAME-BF16.gguf"
 if step quantize && [ ! -f "$Q4" ]; then
   echo "== 3. toolkit quantize --q4_k_m"
   t0=$(clock)
-  "${TK[@]}" quantize "$CKPT" --q4_k_m --keep-intermediate --output-dir "$MODELS" || exit 1
+  "${TK[@]}" quantize "$CKPT" --q4_k_m --keep-intermediate --no-check --output-dir "$MODELS" || exit 1
   record quantize_total_seconds "$(took "$t0")"
   "$PY" - "$MODELS/$NAME/manifest.json" >> "$OUT/figures.txt" <<'EOF'
 import json, sys
@@ -147,17 +166,14 @@ json.dump(items, open('$WORK/questions8.json', 'w'), ensure_ascii=False)
   vram_peak auto
 fi
 
-# Optional (STEPS="... llamabench"): llama.cpp's own llama-bench from the same source, same file.
-if step llamabench && [ -z "$TINY" ]; then
-  echo "== 7. llama-bench (llama.cpp's yardstick, same commit)"
-  SRC="$WORK/src"
-  [ -d "$SRC" ] || { mkdir -p "$SRC" && tar xzf .gpu/llama_cpp_python-*.tar.gz -C "$SRC" --strip-components=1; }
-  t0=$(clock)
-  cmake -S "$SRC/vendor/llama.cpp" -B "$WORK/lcpp" -G Ninja -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF >/dev/null \
-    && cmake --build "$WORK/lcpp" --target llama-bench -j "$(nproc)" >/dev/null || exit 1
-  record llama_bench_build_seconds "$(took "$t0")"
-  "$WORK/lcpp/bin/llama-bench" -m "$Q4" -ngl 99 -fa 1 -p 512 -n 128 -o md | tee "$OUT/llama-bench.md"
+# llama.cpp's own llama-bench from the same source, same file: the yardstick for bench's figures.
+LB="$BUILD/bin/llama-bench"
+if step llamabench && [ -z "$TINY" ] && [ -x "$LB" ]; then
+  echo "== 7. llama-bench (llama.cpp's yardstick: same commit, same build, same file)"
+  "$LB" -m "$Q4" -ngl 99 -fa 1 -p 512 -n 128 -r 3 -o md | tee "$OUT/llama-bench.md"
+  # and its batched counterpart: prompts of 128 tokens, 64 new tokens, 1/4/16 sequences at once
+  "$BUILD/bin/llama-batched-bench" -m "$Q4" -ngl 99 -fa on -c 4096 -npp 128 -ntg 64 -npl 1,4,16 2>/dev/null \
+    | grep "^|" | tee -a "$OUT/llama-bench.md"
 fi
 
 echo "== figures"

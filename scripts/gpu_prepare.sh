@@ -42,6 +42,8 @@ EOF
 
 if [ ! -f "$G/llama3-tokenizer/tokenizer.json.gz" ]; then
   "$PY" - <<'EOF'
+import json
+from pathlib import Path
 from transformers import AutoTokenizer
 from toolkit import vendor
 
@@ -49,6 +51,13 @@ conv = vendor.require()
 tok = AutoTokenizer.from_pretrained(conv.vocabs, gguf_file="ggml-vocab-llama-bpe.gguf")
 tok.chat_template = (conv.templates / "meta-llama-Llama-3.1-8B-Instruct.jinja").read_text()
 tok.save_pretrained(".gpu/llama3-tokenizer")
+# The class name transformers 4.x knows too: the GPU image's transformers may be older than ours.
+cfg = Path(".gpu/llama3-tokenizer/tokenizer_config.json")
+d = json.loads(cfg.read_text())
+d["tokenizer_class"] = "PreTrainedTokenizerFast"
+for k in ("backend", "is_local", "local_files_only"):
+    d.pop(k, None)
+cfg.write_text(json.dumps(d, indent=2, ensure_ascii=False))
 print(f"tokenizer: {len(tok)} tokens")
 EOF
   gzip -kf "$G/llama3-tokenizer/tokenizer.json" && rm "$G/llama3-tokenizer/tokenizer.json"
