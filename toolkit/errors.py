@@ -97,3 +97,7 @@ class LoadFailed(ToolkitError):
 
 class DecodeFailed(ToolkitError):
     """llama.cpp failed while evaluating tokens."""
+
+
+class ToolsNotBuilt(UserError):
+    """llama.cpp's command-line tools (llama-imatrix, llama-quantize) have not been built yet."""

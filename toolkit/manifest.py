@@ -48,5 +48,9 @@ def same_origin(manifest: dict[str, Any], source_identity: dict, adapter_identit
 def record(directory: Path, manifest: dict[str, Any], qtype: str, entry: dict[str, Any]) -> None:
     """Add or replace one file's entry and rewrite the manifest atomically."""
     manifest["files"][qtype] = entry
+    save(directory, manifest)
+
+
+def save(directory: Path, manifest: dict[str, Any]) -> None:
     manifest["toolkit_version"] = __version__
     write_json_atomic(directory / FILENAME, manifest)

@@ -15,9 +15,10 @@ from pathlib import Path
 from . import gguf, manifest
 from .adapter import Adapter, load_adapter, merged_checkpoint
 from .convert import convert, read_config, resolve_outtype
-from .errors import InvalidGGUF, OutputExists
+from .engine import Engine, EngineSettings
+from .errors import InvalidGGUF, OutputExists, UserError
 from .fsutil import sha256_file
-from .quantizer import DEFAULT_TYPE, QUANT_TYPES, canonical_type, quantize_file, verify_loads
+from .quantizer import DEFAULT_TYPE, QUANT_TYPES, canonical_type, quantize_file, quantize_file_with_imatrix, verify_loads
 from .source import Source, fetch, locate
 
 
@@ -33,6 +34,8 @@ class QuantizeSettings:
     check: bool = True  # fidelity report of each new quant against the 16-bit intermediate
     lora: str | None = None  # a PEFT LoRA adapter (directory or hub id) merged into the model first
     lora_revision: str | None = None
+    imatrix: str | None = None  # "auto" (computed on the calibration items) or an imatrix file
+    calibration: Path | None = None  # competition JSON for "auto" (default: the bundled samples)
 
 
 @dataclass(frozen=True)
@@ -56,10 +59,17 @@ class QuantizeResult:
     fidelity: list = field(default_factory=list)  # fidelity.FidelityRow, reference first
     adapter: Adapter | None = None
     merge_seconds: float | None = None
+    imatrix: dict | None = None  # the manifest's record of the matrix used
+    imatrix_seconds: float | None = None  # computing it (None when reused or given)
 
 
-def output_path(directory: Path, name: str, qtype: str) -> Path:
-    return directory / f"{name}-{qtype}.gguf"
+def output_key(qtype: str, imatrix: bool = False) -> str:
+    """A file's name suffix and manifest key: an imatrix quant lives beside the plain one."""
+    return f"{qtype}-imatrix" if imatrix else qtype
+
+
+def output_path(directory: Path, name: str, qtype: str, imatrix: bool = False) -> Path:
+    return directory / f"{name}-{output_key(qtype, imatrix)}.gguf"
 
 
 def _is_valid(path: Path, entry: dict | None, qtype: str) -> bool:
@@ -89,8 +99,40 @@ def _describe(path: Path, qtype: str, seconds: float, intermediate: bool) -> dic
 
 
 def _output(path: Path, entry: dict, status: str) -> OutputFile:
-    return OutputFile(entry["type"], path, entry["size"], entry["bits_per_weight"], entry["sha256"],
-                      entry["seconds"], status, entry.get("intermediate", False))
+    return OutputFile(output_key(entry["type"], "imatrix" in entry), path, entry["size"], entry["bits_per_weight"],
+                      entry["sha256"], entry["seconds"], status, entry.get("intermediate", False))
+
+
+def _imatrix(settings: QuantizeSettings, intermediate: Path, directory: Path, name: str, man: dict,
+             result: QuantizeResult) -> Path:
+    """The matrix to quantize with: the given file, or one computed on the calibration items
+    (reused while the intermediate's source and the calibration text are unchanged)."""
+    from . import imatrix as imx
+
+    if settings.imatrix != "auto":
+        given = Path(settings.imatrix).expanduser()
+        if not given.is_file():
+            raise UserError(f"{given}: no such imatrix file (or use --imatrix auto)")
+        result.imatrix = {"file": str(given.resolve()), "sha256": sha256_file(given), "calibration": "given file"}
+        return given
+    if settings.calibration:
+        items, source = imx.load_items(settings.calibration), settings.calibration.name
+    else:
+        items, source = imx.default_items()
+    with Engine(intermediate, EngineSettings(n_gpu_layers="auto")) as vocab:  # vocabulary only
+        calib = imx.calibration(items, source, vocab.header.chat_template, vocab.special_tokens(), name)
+        n_tokens = len(vocab.tokenize(calib.text)) + 1
+    path = directory / f"{name}.imatrix.gguf"
+    recorded = man.get("imatrix") or {}
+    if (path.is_file() and recorded.get("calibration_sha256") == calib.sha256
+            and recorded.get("sha256") == sha256_file(path)):
+        result.imatrix = recorded
+        return path
+    info = imx.compute(intermediate, calib, path, n_tokens, settings.threads)
+    result.imatrix, result.imatrix_seconds = imx.describe(info, calib), info.seconds
+    man["imatrix"] = result.imatrix
+    manifest.save(directory, man)  # now: the matrix is reusable even if a quantization fails
+    return path
 
 
 def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token: str | None = None) -> QuantizeResult:
@@ -106,11 +148,16 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
     man = recorded if same_source else manifest.new(source.identity(), lora.record() if lora else None)
 
     # Decide everything before any work: skip what is finished, refuse to clobber the rest.
+    with_imatrix = settings.imatrix is not None
+    if with_imatrix:
+        from . import tools
+
+        tools.require()  # before any download or conversion
     todo: list[str] = []
     for qtype in types:
-        final = output_path(directory, name, qtype)
+        final = output_path(directory, name, qtype, with_imatrix)
         if final.exists() and not settings.force:
-            entry = man["files"].get(qtype) if same_source else None
+            entry = man["files"].get(output_key(qtype, with_imatrix)) if same_source else None
             if _is_valid(final, entry, qtype):
                 result.files.append(_output(final, entry, "skipped"))
                 continue
@@ -122,6 +169,8 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
     checkpoint = fetch(source, token)
     inter_type = resolve_outtype(settings.outtype, read_config(checkpoint)).upper()
     inter_final = output_path(directory, name, inter_type)
+    if with_imatrix and inter_type in todo:
+        raise UserError(f"{inter_type} is the unquantized intermediate: an importance matrix does not apply to it")
     keep = settings.keep_intermediate or inter_type in todo
     inter_entry = man["files"].get(inter_type)
     reuse = (not settings.force and same_source and inter_final.exists() and inter_type not in todo
@@ -143,14 +192,21 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
                 manifest.record(directory, man, inter_type, entry)
                 if inter_type in todo:
                     result.files.append(_output(intermediate, entry, "built"))
+        matrix = _imatrix(settings, intermediate, directory, name, man, result) if with_imatrix else None
         for qtype in todo:
             if qtype == inter_type:
                 continue
-            final = output_path(directory, name, qtype)
+            final = output_path(directory, name, qtype, with_imatrix)
             t0 = time.monotonic()
-            quantize_file(intermediate, final, qtype, settings.threads)
+            if matrix is not None:
+                quantize_file_with_imatrix(intermediate, final, qtype, matrix, settings.threads)
+            else:
+                quantize_file(intermediate, final, qtype, settings.threads)
             entry = _describe(final, qtype, time.monotonic() - t0, intermediate=False)
-            manifest.record(directory, man, qtype, entry)
+            if result.imatrix is not None:
+                entry["imatrix"] = {k: result.imatrix[k] for k in ("file", "sha256", "calibration")
+                                    if k in result.imatrix}
+            manifest.record(directory, man, output_key(qtype, with_imatrix), entry)
             result.files.append(_output(final, entry, "built"))
         built = [f.path for f in result.files if f.status == "built" and not f.intermediate]
         if settings.check and built:
@@ -166,6 +222,6 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
     finally:
         if not (keep or reuse):
             intermediate.unlink(missing_ok=True)
-    order = {t: i for i, t in enumerate(types)}
+    order = {output_key(t, with_imatrix): i for i, t in enumerate(types)}
     result.files.sort(key=lambda f: order.get(f.type, -1))
     return result

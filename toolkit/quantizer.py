@@ -57,8 +57,8 @@ def quantize_file(src: Path, dst: Path, qtype: str, nthread: int = 0) -> None:
 
     if needs_imatrix(src, qtype):
         raise ImatrixRequired(
-            f"{qtype} needs an importance matrix for this model, and llama.cpp refuses to make it "
-            "without one; toolkit cannot compute one yet. Use a type such as Q4_K_M, Q5_K_M, IQ4_XS or Q8_0"
+            f"{qtype} needs an importance matrix for this model: add --imatrix auto (calibrated on the "
+            "task's questions; needs `toolkit setup --tools`) or use a type such as Q4_K_M, IQ4_XS or Q8_0"
         )
     params = _params(qtype, nthread)
     with console.step_progress() as progress, atomic_path(dst) as tmp:
@@ -83,6 +83,31 @@ def quantize_file(src: Path, dst: Path, qtype: str, nthread: int = 0) -> None:
         if result.get("rc", 1) != 0:
             reason = log.last_error() or "no reason given"
             raise QuantizationFailed(f"llama.cpp could not quantize {src.name} to {qtype}: {reason}")
+        verify_loads(tmp)
+
+
+def quantize_file_with_imatrix(src: Path, dst: Path, qtype: str, imatrix: Path, nthread: int = 0) -> None:
+    """Quantize with an importance matrix: llama.cpp's llama-quantize from the same sdist (the C
+    API takes the matrix only as a C++ object)."""
+    import subprocess
+
+    from . import tools
+
+    llama_quantize = tools.require().path("llama-quantize")
+    with console.step_progress() as progress, atomic_path(dst) as tmp:
+        task = progress.add_task(f"quantize → {qtype} (imatrix)", total=None)
+        cmd = [str(llama_quantize), "--imatrix", str(imatrix), str(src), str(tmp), qtype,
+               str(nthread or os.cpu_count() or 1)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+        assert proc.stdout is not None
+        log = llama_log.LogTail()
+        for line in proc.stdout:
+            log.feed(line)
+            if m := _TENSOR_STEP.search(line):
+                progress.update(task, completed=int(m.group(1)), total=int(m.group(2)))
+        if proc.wait() != 0:
+            reason = log.last_error() or "no reason given"
+            raise QuantizationFailed(f"llama-quantize could not quantize {src.name} to {qtype}: {reason}")
         verify_loads(tmp)
 
 

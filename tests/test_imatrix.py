@@ -1,0 +1,127 @@
+"""Importance matrices calibrated on the task's own questions and answers (llama.cpp's tools)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from toolkit import demo, gguf, imatrix, tools
+from toolkit.engine import Engine, EngineSettings
+from toolkit.errors import UserError
+from toolkit.fidelity import compare
+from toolkit.prompts import PromptSet
+from toolkit.quantize import QuantizeSettings, quantize
+
+PROSE = demo.samples_path().parent / "prose_ko.txt"  # held out: not in any calibration set
+
+
+@pytest.fixture(scope="session")
+def built_tools() -> tools.Tools:
+    # Built by scripts/setup.sh (`toolkit setup --tools`); a missing build fails here, loudly.
+    return tools.require()
+
+
+@pytest.fixture(scope="session")
+def smollm2_imatrix_models(smollm2_hf, built_tools, tmp_path_factory):
+    """Plain and imatrix Q4_K_M of SmolLM2 in one directory, the BF16 intermediate kept."""
+    out = tmp_path_factory.mktemp("imatrix-models")
+    plain = quantize(str(smollm2_hf), QuantizeSettings(types=("Q4_K_M",), output_dir=out, keep_intermediate=True,
+                                                      check=False))
+    calibrated = quantize(str(smollm2_hf), QuantizeSettings(types=("Q4_K_M", "Q2_K_S"), output_dir=out,
+                                                           imatrix="auto", check=False))
+    return plain, calibrated
+
+
+def test_calibration_is_the_competition_prompt_and_its_answer(smollm2_bf16):
+    items, source = imatrix.default_items()
+    with Engine(smollm2_bf16, EngineSettings(n_gpu_layers="auto")) as vocab:
+        calib = imatrix.calibration(items, source, vocab.header.chat_template, vocab.special_tokens(), "smol")
+    text = calib.text
+    assert calib.items == len(items) == 8 and source == "bundled samples"
+    assert text.count("<|im_start|>system") == 8  # SmolLM2's ChatML, once per item
+    assert text.count(PromptSet().system) == 8
+    for item in items:
+        assert item["input"]["question"] in text
+        assert item["output"]["answer"].strip() in text
+    # Answers follow their own prompt: each assistant turn opens right before the answer.
+    first = items[0]["output"]["answer"].strip()
+    assert text.index("<|im_start|>assistant") < text.index(first) < text.index(items[1]["input"]["question"])
+
+
+def test_calibration_of_a_test_file_has_no_answers(smollm2_bf16, tmp_path):
+    items = [{"id": "t1", "input": {"question_type": "교정형", "question": "우리만의 질문 문장입니다."}}]
+    with Engine(smollm2_bf16, EngineSettings(n_gpu_layers="auto")) as vocab:
+        calib = imatrix.calibration(items, "t.json", vocab.header.chat_template, vocab.special_tokens(), "smol")
+    assert calib.text.rstrip().endswith("<|im_start|>assistant")
+
+
+def test_chunk_size_fits_two_chunks():
+    assert imatrix.chunk_size(5000) == 512
+    assert imatrix.chunk_size(1024) == 512
+    assert imatrix.chunk_size(1023) == 256
+    assert imatrix.chunk_size(130) == 64
+    with pytest.raises(UserError, match="at least 128"):
+        imatrix.chunk_size(100)
+
+
+def test_bad_calibration_files_are_refused(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"id": 1}', encoding="utf-8")
+    with pytest.raises(UserError, match="list of competition items"):
+        imatrix.load_items(bad)
+    bad.write_text("[{", encoding="utf-8")
+    with pytest.raises(UserError, match="not valid JSON"):
+        imatrix.load_items(bad)
+
+
+def test_imatrix_quants_sit_beside_the_plain_ones(smollm2_imatrix_models):
+    plain, calibrated = smollm2_imatrix_models
+    by_type = {f.type: f for f in calibrated.files}
+    assert set(by_type) == {"Q4_K_M-imatrix", "Q2_K_S-imatrix"}
+    q4 = by_type["Q4_K_M-imatrix"].path
+    assert q4.name == "SmolLM2-135M-Instruct-Q4_K_M-imatrix.gguf" and q4.is_file()
+    assert plain.files[0].path.is_file() and plain.files[0].sha256 != by_type["Q4_K_M-imatrix"].sha256
+    assert gguf.read(q4).file_type_name == "Q4_K_M"
+    man = json.loads((calibrated.directory / "manifest.json").read_text())
+    matrix = man["imatrix"]
+    assert matrix["file"] == "SmolLM2-135M-Instruct.imatrix.gguf" and matrix["calibration"] == "bundled samples"
+    assert matrix["calibration_items"] == 8 and matrix["chunks"] >= 2 and matrix["tokens"] >= 2 * matrix["n_ctx"]
+    assert (calibrated.directory / matrix["file"]).is_file()
+    assert man["files"]["Q4_K_M-imatrix"]["imatrix"]["sha256"] == matrix["sha256"]
+    assert "imatrix" not in man["files"]["Q4_K_M"]  # the plain quant is still recorded as plain
+    # llama.cpp reads the matrix back: it is a GGUF holding the activations' statistics.
+    meta = gguf.read(calibrated.directory / matrix["file"]).metadata
+    assert meta["general.type"] == "imatrix" and meta["imatrix.chunk_count"] == matrix["chunks"]
+
+
+def test_imatrix_lowers_kl_divergence_on_held_out_text(smollm2_imatrix_models):
+    plain, calibrated = smollm2_imatrix_models
+    bf16 = plain.directory / "SmolLM2-135M-Instruct-BF16.gguf"
+    q4_imatrix = {f.type: f.path for f in calibrated.files}["Q4_K_M-imatrix"]
+    ref, plain_row, imatrix_row = compare(bf16, [plain.files[0].path, q4_imatrix], PROSE, n_ctx=256)
+    assert imatrix_row.kld_mean < plain_row.kld_mean
+    assert imatrix_row.top1_agreement >= plain_row.top1_agreement - 0.01
+
+
+def test_rerun_reuses_the_matrix_and_skips_finished_files(smollm2_hf, smollm2_imatrix_models):
+    _, calibrated = smollm2_imatrix_models
+    again = quantize(str(smollm2_hf), QuantizeSettings(types=("Q4_K_M",), output_dir=calibrated.directory.parent,
+                                                      imatrix="auto", check=False))
+    assert [f.status for f in again.files] == ["skipped"]
+    # A new type reuses the matrix: the calibration text and the source are unchanged.
+    before = (calibrated.directory / "SmolLM2-135M-Instruct.imatrix.gguf").stat().st_mtime_ns
+    more = quantize(str(smollm2_hf), QuantizeSettings(types=("Q3_K_S",), output_dir=calibrated.directory.parent,
+                                                     imatrix="auto", check=False))
+    assert [(f.type, f.status) for f in more.files] == [("Q3_K_S-imatrix", "built")]
+    assert more.imatrix_seconds is None and more.imatrix["sha256"] == calibrated.imatrix["sha256"]
+    assert (calibrated.directory / "SmolLM2-135M-Instruct.imatrix.gguf").stat().st_mtime_ns == before
+
+
+def test_iq_types_need_a_matrix(smollm2_hf, smollm2_imatrix_models):
+    plain, _ = smollm2_imatrix_models  # its BF16 is kept there: no second conversion
+    r = run_cli("quantize", str(smollm2_hf), "--type", "Q2_K_S", "--output-dir", str(plain.directory.parent),
+                "--no-check")
+    assert r.returncode == 2
+    assert "--imatrix auto" in r.stderr and len(r.stderr.strip().splitlines()) == 1

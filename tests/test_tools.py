@@ -1,0 +1,44 @@
+"""llama.cpp's command-line tools, built from the pinned sdist by `toolkit setup --tools`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import run_cli
+from toolkit import tools, vendor, versions
+from toolkit.errors import ToolsNotBuilt
+
+
+def test_tools_come_from_the_runtimes_sdist():
+    built = tools.require()
+    info = json.loads((tools.tools_dir() / "build.json").read_text())
+    assert info["llama_cpp_python"] == versions.LLAMA_CPP_PYTHON
+    assert built.commit == vendor.require().commit == info["llama_cpp_commit"]
+    for name in tools.NAMES:
+        r = subprocess.run([str(built.path(name)), "--help"], capture_output=True, text=True, timeout=60)
+        assert "usage" in (r.stdout + r.stderr).lower(), name
+
+
+def test_missing_tools_are_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOOLKIT_HOME", str(tmp_path))
+    assert tools.find() is None
+    with pytest.raises(ToolsNotBuilt, match="toolkit setup --tools"):
+        tools.require()
+
+
+def test_quantize_with_imatrix_and_no_tools_stops_before_any_work(smollm2_hf, tmp_path):
+    out = tmp_path / "models"
+    r = run_cli("quantize", str(smollm2_hf), "--imatrix", "auto", "--output-dir", str(out),
+                env={"TOOLKIT_HOME": str(tmp_path / "empty-home")})
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "toolkit setup --tools" in r.stderr
+    assert not out.exists()
+
+
+def test_calibration_needs_imatrix(smollm2_hf, tmp_path):
+    r = run_cli("quantize", str(smollm2_hf), "--calibration", str(tmp_path / "x.json"),
+                "--output-dir", str(tmp_path / "models"))
+    assert r.returncode == 2 and "--imatrix auto" in r.stderr

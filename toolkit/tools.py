@@ -1,0 +1,165 @@
+"""llama.cpp's own command-line tools (llama-imatrix, llama-quantize, llama-perplexity), built
+at setup time from the pinned sdist.
+
+An importance matrix reaches llama.cpp's quantizer only as a C++ object, which the C API
+cannot take from Python; llama.cpp's tools can. They are compiled from the same sdist (same
+llama.cpp commit) as the runtime, with the same build flags, and live in the cache beside the
+converter; `build.json` records how they were made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import console, vendor, versions
+from .errors import ToolkitError, ToolsNotBuilt, UserError
+
+NAMES = ("llama-imatrix", "llama-quantize", "llama-perplexity")
+# Not needed to build the tools: test data, docs, other backends' sources.
+_SKIP = re.compile(r"(models|docs|tests|examples|media|benches|tools/ui|tools/server/public|"
+                   r"ggml/src/ggml-(vulkan|sycl|opencl|hexagon|metal|webgpu|cann|zdnn|kompute))(/|$)")
+_STEP = re.compile(r"^\[(\d+)/(\d+)\]")  # ninja's "[12/80] Building CXX object …"
+
+
+@dataclass(frozen=True)
+class Tools:
+    bin: Path
+    commit: str
+    cmake_args: str
+
+    def path(self, name: str) -> Path:
+        return self.bin / name
+
+
+def tools_dir() -> Path:
+    return vendor.cache_root() / "llama.cpp" / f"{versions.LLAMA_CPP_PYTHON}-tools"
+
+
+def find() -> Tools | None:
+    root = tools_dir()
+    try:
+        info = json.loads((root / "build.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if info.get("llama_cpp_python") != versions.LLAMA_CPP_PYTHON:
+        return None
+    if not all(os.access(root / "bin" / n, os.X_OK) for n in NAMES):
+        return None
+    return Tools(root / "bin", info.get("llama_cpp_commit", "unknown"), info.get("cmake_args", ""))
+
+
+def require() -> Tools:
+    tools = find()
+    if tools is None:
+        raise ToolsNotBuilt(
+            "llama.cpp's llama-imatrix and llama-quantize are not built: run `toolkit setup --tools` "
+            "(a few minutes; needs cmake and a C++ compiler)"
+        )
+    return tools
+
+
+def _cmake() -> str:
+    if found := shutil.which("cmake"):
+        return found
+    try:  # the `cmake` package from PyPI (toolkit's `tools` extra)
+        import cmake
+
+        return str(Path(cmake.CMAKE_BIN_DIR) / "cmake")
+    except ImportError:
+        raise UserError("cmake is needed to build llama.cpp's tools: `pip install cmake`") from None
+
+
+def _generator() -> list[str]:
+    if shutil.which("ninja"):
+        return ["-G", "Ninja"]
+    try:
+        import ninja
+
+        return ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={Path(ninja.BIN_DIR) / 'ninja'}"]
+    except ImportError:
+        return []
+
+
+def build(force: bool = False, jobs: int | None = None) -> Tools:
+    """Compile llama-imatrix, llama-quantize and llama-perplexity from the pinned sdist.
+
+    CMAKE_ARGS, CFLAGS and CXXFLAGS from the environment are passed on, as for the runtime's own
+    build (scripts/setup.sh sets them: CUDA, no-AMX); a build made with other flags is redone.
+    Static libraries: the binaries need nothing from the build tree once copied.
+    """
+    cmake_args = os.environ.get("CMAKE_ARGS", "").split()
+    if not force and (existing := find()) is not None:
+        recorded = json.loads((tools_dir() / "build.json").read_text())
+        if (recorded.get("cmake_args"), recorded.get("cflags")) == (" ".join(cmake_args), os.environ.get("CFLAGS", "")):
+            return existing  # built with these flags already
+    conv = vendor.require()
+    sdist = vendor.download_sdist(vendor.cache_root() / "sdist")
+    cmake = _cmake()
+    root = tools_dir()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".tools-build-", dir=root.parent))
+    try:
+        top = vendor.SDIST_NAME.removesuffix(".tar.gz")
+        prefix = f"{top}/vendor/llama.cpp/"
+        with tarfile.open(sdist, "r:gz") as tar:
+            members = []
+            for m in tar.getmembers():
+                if m.name.startswith(prefix) and not _SKIP.match(m.name[len(prefix):]):
+                    m.name = "src/" + m.name[len(prefix):]
+                    members.append(m)
+            tar.extractall(work, members=members, filter="data")
+        configure = [cmake, "-S", str(work / "src"), "-B", str(work / "build"), *_generator(),
+                     "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TOOLS=ON",
+                     "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+                     "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", *cmake_args]
+        _run(configure, "configure llama.cpp")
+        jobs = jobs or os.cpu_count() or 2
+        _run([cmake, "--build", str(work / "build"), "--target", *NAMES, "-j", str(jobs)],
+             "build llama.cpp's tools", steps=True)
+        stage = work / "stage"  # the finished tools dir, moved into place in one rename
+        (stage / "bin").mkdir(parents=True)
+        for name in NAMES:
+            built = next((p for p in (work / "build").rglob(name) if p.is_file() and os.access(p, os.X_OK)), None)
+            if built is None:
+                raise ToolkitError(f"the build finished but produced no {name}")
+            shutil.copy2(built, stage / "bin" / name)
+        info = {
+            "llama_cpp_python": versions.LLAMA_CPP_PYTHON,
+            "llama_cpp_commit": conv.commit,
+            "cmake_args": " ".join(cmake_args),
+            "cflags": os.environ.get("CFLAGS", ""),
+            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        (stage / "build.json").write_text(json.dumps(info, indent=2) + "\n")
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(stage, root)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return require()
+
+
+def _run(cmd: list[str], what: str, steps: bool = False) -> None:
+    """Run a build command; with `steps`, show ninja's [n/m] as a progress bar."""
+    tail: list[str] = []
+    with console.step_progress() as progress:
+        task = progress.add_task(what, total=None)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail = (tail + [line.rstrip()])[-30:]
+            if steps and (m := _STEP.match(line)):
+                progress.update(task, completed=int(m.group(1)), total=int(m.group(2)))
+        rc = proc.wait()
+    if rc != 0:
+        errors = [t for t in tail if "error" in t.lower()] or tail[-3:]
+        raise ToolkitError(f"{what} failed (exit {rc}): {errors[-1] if errors else 'no output'}")
