@@ -29,7 +29,8 @@ def test_any_type_as_a_flag_or_type_list(smollm2_hf, tmp_path):
 
 def test_imatrix_type_is_a_user_error(smollm2_hf, tmp_path):
     r = run_cli("quantize", str(smollm2_hf), "--iq2_xxs", "--output-dir", str(tmp_path))
-    assert r.returncode == 2 and "importance matrix" in r.stderr
+    assert r.returncode == 2 and "importance matrix" in r.stderr and "--imatrix auto" in r.stderr
+    assert [ln for ln in r.stderr.splitlines() if "error" in ln][0].startswith("error: IQ2_XXS needs")
     assert not list(tmp_path.rglob("*.gguf"))
 
 

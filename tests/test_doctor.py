@@ -1,7 +1,7 @@
 import json
 
 from conftest import run_cli
-from toolkit import versions
+from toolkit import tools, versions
 
 
 def test_doctor_json_reports_the_installation(converter):
@@ -11,6 +11,7 @@ def test_doctor_json_reports_the_installation(converter):
     assert rep["llama_cpp_python"] == rep["llama_cpp_python_pinned"] == versions.LLAMA_CPP_PYTHON
     assert rep["llama_cpp_commit"] == converter.commit
     assert rep["converter"] == str(converter.script)
+    assert rep["llama_cpp_tools"] == str(tools.require().bin)
     assert isinstance(rep["gpu_offload"], bool)
     assert any(d["kind"] == "CPU" for d in rep["devices"])
     gpus = [d for d in rep["devices"] if d["kind"] == "GPU"]

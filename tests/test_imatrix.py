@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from conftest import run_cli
 from toolkit import demo, gguf, imatrix, tools
 from toolkit.engine import Engine, EngineSettings
 from toolkit.errors import UserError
@@ -119,9 +118,10 @@ def test_rerun_reuses_the_matrix_and_skips_finished_files(smollm2_hf, smollm2_im
     assert (calibrated.directory / "SmolLM2-135M-Instruct.imatrix.gguf").stat().st_mtime_ns == before
 
 
-def test_iq_types_need_a_matrix(smollm2_hf, smollm2_imatrix_models):
-    plain, _ = smollm2_imatrix_models  # its BF16 is kept there: no second conversion
-    r = run_cli("quantize", str(smollm2_hf), "--type", "Q2_K_S", "--output-dir", str(plain.directory.parent),
-                "--no-check")
-    assert r.returncode == 2
-    assert "--imatrix auto" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+def test_base_model_calibration_is_plain_text():
+    # gemma-3-270m (a base model) has no chat template: the prompts are the messages themselves.
+    items, source = imatrix.default_items()
+    calib = imatrix.calibration(items, source, None, {}, "gemma-3-270m")
+    assert "<|im_start|>" not in calib.text and "<start_of_turn>" not in calib.text
+    assert calib.text.startswith(PromptSet().system)
+    assert all(i["output"]["answer"].strip() in calib.text for i in items)

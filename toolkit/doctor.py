@@ -8,7 +8,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__, backend, fit, vendor, versions
+from . import __version__, backend, fit, tools, vendor, versions
 from .errors import ModelNotFound
 
 
@@ -33,6 +33,7 @@ def report() -> dict[str, Any]:
         "llama_cpp_python_pinned": versions.LLAMA_CPP_PYTHON,
         "llama_cpp_commit": conv.commit if conv else versions.LLAMA_CPP_COMMIT,
         "converter": str(conv.script) if conv else "not set up (run `toolkit setup`)",
+        "llama_cpp_tools": str(built.bin) if (built := tools.find()) else "not built (`toolkit setup --tools`, for --imatrix)",
         "gpu_offload": offload,
         "devices": [
             {"name": d.name, "description": d.description, "kind": d.kind,

@@ -9,6 +9,7 @@ matrix sees on it; llama-quantize then spends its rounding error where those are
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -69,17 +70,22 @@ def load_items(path: Path) -> list[dict]:
 
 def calibration(items: list[dict], source: str, template_text: str | None, special: dict[str, str],
                 model_name: str, prompts: PromptSet = PromptSet()) -> Calibration:
-    """Every item as prompt + answer (answers only where given: test files have none)."""
-    import hashlib
+    """Every item as prompt + answer (answers only where given: test files have none).
 
-    template = chat_template.load(template_text, special, None, model_name)
+    A base model's GGUF has no chat template: its prompts are then the plain messages, one
+    after the other, as a base model would read them."""
+    template = chat_template.load(template_text, special, None, model_name) if template_text else None
     parts = []
     for item in items:
         messages = build_messages(item["input"], prompts)
-        if not template.accepts_system():
-            messages = chat_template.fold_system(messages)
+        if template is None:
+            prompt = "\n\n".join(m["content"] for m in messages) + "\n\n"
+        else:
+            if not template.accepts_system():
+                messages = chat_template.fold_system(messages)
+            prompt = template.render(messages)
         answer = (item.get("output") or {}).get("answer")
-        parts.append(template.render(messages) + (answer.strip() if isinstance(answer, str) else ""))
+        parts.append(prompt + (answer.strip() if isinstance(answer, str) else ""))
     text = "\n\n".join(parts)
     return Calibration(text, source, len(items), hashlib.sha256(text.encode()).hexdigest())
 
