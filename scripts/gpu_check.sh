@@ -23,7 +23,7 @@ OUT=${OUT:-/tmp/gpu_check_out}
 WORK=${WORK:-/tmp/gpu_check}
 STEPS=${STEPS:-build model quantize infer bench llamabench auto}
 TINY=${TINY:-}
-SHAPE=$([ -n "$TINY" ] && echo tiny || echo llama3-8b)
+SHAPE=${SHAPE:-$([ -n "$TINY" ] && echo tiny || echo llama3-8b)}  # SHAPE=tiny on the GPU: a quick smoke run
 NEW_TOKENS=${NEW_TOKENS:-$([ -n "$TINY" ] && echo 16 || echo 64)}
 TIMES=${TIMES:-$([ -n "$TINY" ] && echo 2 || echo 63)}  # the 8 sample questions this many times over
 BENCH_REPEAT=${BENCH_REPEAT:-$([ -n "$TINY" ] && echo 1 || echo 4)}
@@ -69,7 +69,28 @@ TK=("$PY" -m toolkit)
 SRC="$WORK/src"
 BUILD="$WORK/skbuild"
 BUILD_PID=
-if step build && [ -z "$TINY" ] && ! "$PY" -c "import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())" 2>/dev/null; then
+gpu_runtime() { "$PY" -c "import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())" 2>/dev/null; }
+# A CUDA runtime built on an earlier device session from the same sdist (gpu_prepare.sh keeps it
+# in .gpu/; PROVENANCE inside says how): saves the ~5 min build. NO_PREBUILT=1 builds anyway.
+PREBUILT=$(ls .gpu/llama_cpp_cuda_sm*-*.tar.xz 2>/dev/null | head -1)
+if step build && [ -z "$TINY" ] && [ -n "$PREBUILT" ] && [ -z "${NO_PREBUILT:-}" ] && ! gpu_runtime; then
+  echo "== 1. CUDA runtime from $PREBUILT (no build)"
+  t0=$(clock)
+  mkdir -p "$SITE" "$WORK/pysrc"
+  tar xzf .gpu/llama_cpp_python-*.tar.gz -C "$WORK/pysrc" --strip-components=1 --wildcards '*/llama_cpp/*'
+  rm -rf "$SITE/llama_cpp" && cp -r "$WORK/pysrc/llama_cpp" "$SITE/llama_cpp"
+  tar xJf "$PREBUILT" -C "$SITE/llama_cpp"
+  mkdir -p "$SITE/llama_cpp_python-0.3.36.dist-info"
+  printf 'Metadata-Version: 2.1\nName: llama_cpp_python\nVersion: 0.3.36\n' > "$SITE/llama_cpp_python-0.3.36.dist-info/METADATA"
+  if gpu_runtime; then
+    record cuda_runtime "prebuilt $(basename "$PREBUILT"), unpacked in $(took "$t0") s"
+    head -8 "$SITE/llama_cpp/PROVENANCE"
+  else
+    echo "the prebuilt runtime does not load here: building"
+    rm -rf "$SITE/llama_cpp" "$SITE/llama_cpp_python-0.3.36.dist-info"
+  fi
+fi
+if step build && [ -z "$TINY" ] && ! gpu_runtime; then
   echo "== 1. build llama-cpp-python with CUDA (log: build.log)"
   [ -d "$SRC" ] || { mkdir -p "$SRC" && tar xzf .gpu/llama_cpp_python-*.tar.gz -C "$SRC" --strip-components=1; }
   # The flags scripts/setup.sh uses when it finds nvcc, with this card's architecture;
@@ -86,7 +107,7 @@ if step build && [ -z "$TINY" ] && ! "$PY" -c "import llama_cpp, sys; sys.exit(n
 fi
 
 CKPT="$WORK/Llama-3-8B-shaped"
-[ -n "$TINY" ] && CKPT="$WORK/Llama-3-tiny-shaped"
+[ "$SHAPE" = tiny ] && CKPT="$WORK/Llama-3-tiny-shaped"
 if step model && [ ! -f "$CKPT/config.json" ]; then
   echo "== 2. checkpoint ($SHAPE, random weights)"
   t0=$(clock)
@@ -115,9 +136,17 @@ if step quantize && [ ! -f "$Q4" ]; then
   else
     # Measure the rest anyway: llama.cpp's own quantizer from the same build, on the kept BF16 file.
     record toolkit_quantize "failed (exit $?)"
-    [ -f "$BF16" ] && [ -x "$BUILD/bin/llama-quantize" ] || exit 1
+    [ -f "$BF16" ] || exit 1
+    LQ="$BUILD/bin/llama-quantize"
+    if [ ! -x "$LQ" ]; then  # the prebuilt runtime has no tools: a CPU-only llama-quantize, about a minute
+      [ -d "$SRC" ] || { mkdir -p "$SRC" && tar xzf .gpu/llama_cpp_python-*.tar.gz -C "$SRC" --strip-components=1; }
+      cmake -S "$SRC/vendor/llama.cpp" -B "$WORK/qbuild" -G Ninja -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TOOLS=ON \
+        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF >/dev/null \
+        && cmake --build "$WORK/qbuild" --target llama-quantize -j "$(nproc)" >/dev/null || exit 1
+      LQ="$WORK/qbuild/bin/llama-quantize"
+    fi
     t0=$(clock)
-    "$BUILD/bin/llama-quantize" "$BF16" "$Q4.partial" Q4_K_M "$(nproc)" > "$OUT/llama-quantize.log" 2>&1 || exit 1
+    "$LQ" "$BF16" "$Q4.partial" Q4_K_M "$(nproc)" > "$OUT/llama-quantize.log" 2>&1 || exit 1
     mv "$Q4.partial" "$Q4"
     record llama_quantize_fallback_seconds "$(took "$t0")"
   fi
