@@ -34,7 +34,7 @@ def _ggml() -> ctypes.CDLL:
     libdir = Path(llama_cpp.__file__).parent / "lib"
     # The copy libllama already loaded, not merely the first file named libggml.*: wheels hold
     # libggml.so, .so.0 and .so.0.x as separate files, and opening another one maps a second
-    # ggml with its own backend registry; in a CUDA build the model load then crashes.
+    # ggml with its own backend registry, whose devices and free memory are not the ones in use.
     candidates = _mapped(libdir) + sorted(libdir.glob("libggml.*")) + sorted(libdir.glob("ggml.*"))
     lib = ctypes.CDLL(str(candidates[0]))
     lib.ggml_backend_dev_count.restype = ctypes.c_size_t
