@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def _mapped(libdir: Path) -> list[Path]:
     return sorted(p for p in paths if p.parent == libdir and p.name.split(".")[0] in ("libggml", "ggml"))
 
 
+@functools.cache  # one handle per process: bench polls the devices every 0.2 s
 def _ggml() -> ctypes.CDLL:
     import llama_cpp
 

@@ -161,10 +161,7 @@ def compare(reference: Path, quants: list[Path], texts_source: Path | None = Non
 
     with Engine(reference, engine_settings) as ref_engine:
         if texts_source is None:
-            items = json.loads(demo.samples_path().read_text(encoding="utf-8"))
-            gold = {str(g["id"]): g for g in json.loads(demo.samples_gold_path().read_text(encoding="utf-8"))}
-            items = [dict(i, output=gold.get(str(i["id"]), {}).get("output", {})) for i in items]
-            texts = competition_texts(ref_engine, items)
+            texts = competition_texts(ref_engine, demo.samples_with_gold())
         else:
             texts = texts_from_file(ref_engine, texts_source, n_ctx)
         n_positions = sum(len(t.tokens) - t.first for t in texts)

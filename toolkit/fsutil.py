@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -49,3 +50,10 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def replace_dir(staging: Path, final: Path) -> None:
+    """Put a finished directory in place of `final` (whatever was there goes)."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)

@@ -50,9 +50,7 @@ def default_items() -> tuple[list[dict], str]:
     """The bundled sample questions with their reference answers."""
     from . import demo
 
-    items = json.loads(demo.samples_path().read_text(encoding="utf-8"))
-    gold = {str(g["id"]): g for g in json.loads(demo.samples_gold_path().read_text(encoding="utf-8"))}
-    return [dict(i, output=gold.get(str(i["id"]), {}).get("output", {})) for i in items], "bundled samples"
+    return demo.samples_with_gold(), "bundled samples"
 
 
 def load_items(path: Path) -> list[dict]:

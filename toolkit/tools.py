@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import console, vendor, versions
 from .errors import ToolkitError, ToolsNotBuilt, UserError
+from .fsutil import replace_dir
 
 NAMES = ("llama-imatrix", "llama-quantize", "llama-perplexity")
 # Not needed to build the tools: test data, docs, other backends' sources.
@@ -35,6 +36,7 @@ class Tools:
     bin: Path
     commit: str
     cmake_args: str
+    cflags: str
 
     def path(self, name: str) -> Path:
         return self.bin / name
@@ -54,7 +56,8 @@ def find() -> Tools | None:
         return None
     if not all(os.access(root / "bin" / n, os.X_OK) for n in NAMES):
         return None
-    return Tools(root / "bin", info.get("llama_cpp_commit", "unknown"), info.get("cmake_args", ""))
+    return Tools(root / "bin", info.get("llama_cpp_commit", "unknown"), info.get("cmake_args", ""),
+                 info.get("cflags", ""))
 
 
 def require() -> Tools:
@@ -97,10 +100,10 @@ def build(force: bool = False, jobs: int | None = None) -> Tools:
     Static libraries: the binaries need nothing from the build tree once copied.
     """
     cmake_args = os.environ.get("CMAKE_ARGS", "").split()
-    if not force and (existing := find()) is not None:
-        recorded = json.loads((tools_dir() / "build.json").read_text())
-        if (recorded.get("cmake_args"), recorded.get("cflags")) == (" ".join(cmake_args), os.environ.get("CFLAGS", "")):
-            return existing  # built with these flags already
+    existing = None if force else find()
+    if existing is not None and (existing.cmake_args, existing.cflags) == (" ".join(cmake_args),
+                                                                             os.environ.get("CFLAGS", "")):
+        return existing  # built with these flags already
     conv = vendor.require()
     sdist = vendor.download_sdist(vendor.cache_root() / "sdist")
     cmake = _cmake()
@@ -108,15 +111,8 @@ def build(force: bool = False, jobs: int | None = None) -> Tools:
     root.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".tools-build-", dir=root.parent))
     try:
-        top = vendor.SDIST_NAME.removesuffix(".tar.gz")
-        prefix = f"{top}/vendor/llama.cpp/"
         with tarfile.open(sdist, "r:gz") as tar:
-            members = []
-            for m in tar.getmembers():
-                if m.name.startswith(prefix) and not _SKIP.match(m.name[len(prefix):]):
-                    m.name = "src/" + m.name[len(prefix):]
-                    members.append(m)
-            tar.extractall(work, members=members, filter="data")
+            vendor.extract_llama_cpp(tar, work / "src", lambda rel: not _SKIP.match(rel))
         configure = [cmake, "-S", str(work / "src"), "-B", str(work / "build"), *_generator(),
                      "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TOOLS=ON",
                      "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
@@ -140,9 +136,7 @@ def build(force: bool = False, jobs: int | None = None) -> Tools:
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         (stage / "build.json").write_text(json.dumps(info, indent=2) + "\n")
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(stage, root)
+        replace_dir(stage, root)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return require()

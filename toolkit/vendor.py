@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 from . import versions
 from .errors import NotProvisioned, ToolkitError, UserError
-from .fsutil import sha256_file
+from .fsutil import replace_dir, sha256_file
 
 SDIST_NAME = f"llama_cpp_python-{versions.LLAMA_CPP_PYTHON}.tar.gz"
 # What we take from vendor/llama.cpp: the converter and what it imports, plus the
@@ -141,6 +142,17 @@ def _commit_from_sdist(tar: tarfile.TarFile, top: str) -> str:
     return "unknown"
 
 
+def extract_llama_cpp(tar: tarfile.TarFile, dest: Path, keep: Callable[[str], bool]) -> None:
+    """Extract the sdist's vendor/llama.cpp files whose path relative to it `keep` accepts."""
+    prefix = f"{SDIST_NAME.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+    members = []
+    for m in tar.getmembers():
+        if m.isfile() and m.name.startswith(prefix) and keep(m.name[len(prefix):]):
+            m.name = m.name[len(prefix):]
+            members.append(m)
+    tar.extractall(dest, members=members, filter="data")
+
+
 def provision(sdist: Path | None = None, force: bool = False) -> Converter:
     """Extract the converter from the pinned sdist into the cache (idempotent)."""
     if not force and (existing := find()) is not None:
@@ -154,22 +166,13 @@ def provision(sdist: Path | None = None, force: bool = False) -> Converter:
             f"{sdist} is not llama-cpp-python {versions.LLAMA_CPP_PYTHON}'s sdist (sha256 {digest[:12]}…)"
         )
     top = SDIST_NAME.removesuffix(".tar.gz")
-    prefix = f"{top}/vendor/llama.cpp/"
     root = converter_dir()
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root.parent))
     try:
         with tarfile.open(sdist, "r:gz") as tar:
             commit = _commit_from_sdist(tar, top)
-            members = []
-            for m in tar.getmembers():
-                if not (m.isfile() and m.name.startswith(prefix)):
-                    continue
-                rel = m.name[len(prefix):]
-                if any(p.fullmatch(rel) for p in _KEEP):
-                    m.name = rel
-                    members.append(m)
-            tar.extractall(staging, members=members, filter="data")
+            extract_llama_cpp(tar, staging, lambda rel: any(p.fullmatch(rel) for p in _KEEP))
         info = {
             "llama_cpp_python": versions.LLAMA_CPP_PYTHON,
             "llama_cpp_commit": commit,
@@ -178,9 +181,7 @@ def provision(sdist: Path | None = None, force: bool = False) -> Converter:
             "extracted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         (staging / "source.json").write_text(json.dumps(info, indent=2) + "\n")
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(staging, root)
+        replace_dir(staging, root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     # Keep the sdist beside it: later steps (CUDA build, llama.cpp tools) build from it.
