@@ -10,7 +10,6 @@ import pytest
 
 from conftest import REPO, run_cli
 from toolkit import demo, embedded
-from toolkit.bench import repeated
 from toolkit.engine import EngineSettings
 from toolkit.infer import InferSettings, infer
 from toolkit.parallel import kv_cells, shared_prefixes
@@ -21,9 +20,26 @@ SHORT = PromptSet(system="짧게 답하시오. 반드시 한국어로 답하시�
                   correction="틀린 곳을 고치고 이유를 쓰시오.", generic="답하시오.")
 
 
+# Our own short questions: on two cores prompt evaluation (~200 tok/s) is most of each run, and
+# these tests are about batching, not about the prompts.
+SHORT_QUESTIONS = [
+    ("선택형", '"{설렘/설레임}" 중 옳은 것은?'), ("교정형", '"왠일로 왔니?"를 고치시오.'),
+    ("선택형", '"{며칠/몇 일}" 중 옳은 것은?'), ("단답형", "'깨끗이'의 뜻은?"),
+    ("교정형", '"들릴게요"를 고치시오.'), ("선택형", '"{금세/금새}" 중 옳은 것은?'),
+    ("교정형", '"할께요"를 고치시오.'), ("선택형", '"{웬만큼/왠만큼}" 중 옳은 것은?'),
+    ("단답형", "'며칠'의 뜻은?"), ("교정형", '"어의없다"를 고치시오.'),
+    ("선택형", '"{오랜만/오랫만}" 중 옳은 것은?'), ("교정형", '"되요"를 고치시오.'),
+    ("선택형", '"{안 돼/안 되}" 중 옳은 것은?'), ("단답형", "'설렘'의 품사는?"),
+    ("교정형", '"몇일"을 고치시오.'), ("단답형", "'금세'의 본말은?"),
+]
+
+
 @pytest.fixture(scope="module")
 def questions(tmp_path_factory):
-    return repeated(demo.samples_path(), 2, tmp_path_factory.mktemp("q"))  # 16 items, 3 question types
+    path = tmp_path_factory.mktemp("q") / "short.json"  # 16 items, 3 question types
+    path.write_text(json.dumps([{"id": f"p{i}", "input": {"question_type": t, "question": q}}
+                                for i, (t, q) in enumerate(SHORT_QUESTIONS, 1)], ensure_ascii=False), encoding="utf-8")
+    return path
 
 
 def run(questions, out, parallel, **kw):
@@ -115,16 +131,16 @@ def test_kill_and_resume_with_parallel(questions, tmp_path):
 
 
 def test_bench_json(tmp_path):
-    two = tmp_path / "two.json"
-    two.write_text(json.dumps(json.loads(demo.samples_path().read_text(encoding="utf-8"))[:2]), encoding="utf-8")
-    r = run_cli("bench", str(embedded.smollm2_gguf()), "--input", str(two), "--repeat", "2", "--parallel", "1",
+    one = tmp_path / "one.json"  # the competition prompt is ~900 tokens here: one question, twice
+    one.write_text(json.dumps(json.loads(demo.samples_path().read_text(encoding="utf-8"))[:1]), encoding="utf-8")
+    r = run_cli("bench", str(embedded.smollm2_gguf()), "--input", str(one), "--repeat", "2", "--parallel", "1",
                 "--parallel", "2", "--max-new-tokens", "4", "--json", timeout=600)
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     assert [row["parallel"] for row in rows] == [1, 2]
     for row in rows:
         assert {"parallel", "prompt_tps", "gen_tps", "aggregate_tps", "seconds_per_item", "peak_rss_mb"} <= set(row)
-        assert row["prompt_tps"] > 0 and row["peak_rss_mb"] > 50 and row["items"] == 4
+        assert row["prompt_tps"] > 0 and row["peak_rss_mb"] > 50 and row["items"] == 2
 
 
 def test_bench_bad_model(tmp_path):
