@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from conftest import REPO, run_cli
-from toolkit import demo, embedded
+from conftest import REPO
+from toolkit import embedded
 from toolkit.engine import EngineSettings
 from toolkit.infer import InferSettings, infer
 from toolkit.parallel import kv_cells, shared_prefixes
@@ -128,21 +128,3 @@ def test_kill_and_resume_with_parallel(questions, tmp_path):
     data = json.loads(out.read_text(encoding="utf-8"))
     assert kills >= 1 and all("output" in d for d in data) and len(data) == 16
     assert len({d["id"] for d in data}) == 16
-
-
-def test_bench_json(tmp_path):
-    one = tmp_path / "one.json"  # the competition prompt is ~900 tokens here: one question, twice
-    one.write_text(json.dumps(json.loads(demo.samples_path().read_text(encoding="utf-8"))[:1]), encoding="utf-8")
-    r = run_cli("bench", str(embedded.smollm2_gguf()), "--input", str(one), "--repeat", "2", "--parallel", "1",
-                "--parallel", "2", "--max-new-tokens", "4", "--json", timeout=600)
-    assert r.returncode == 0, r.stderr
-    rows = json.loads(r.stdout)
-    assert [row["parallel"] for row in rows] == [1, 2]
-    for row in rows:
-        assert {"parallel", "prompt_tps", "gen_tps", "aggregate_tps", "seconds_per_item", "peak_rss_mb"} <= set(row)
-        assert row["prompt_tps"] > 0 and row["peak_rss_mb"] > 50 and row["items"] == 2
-
-
-def test_bench_bad_model(tmp_path):
-    r = run_cli("bench", str(tmp_path / "none.gguf"))
-    assert r.returncode == 2 and "no such model file" in r.stderr

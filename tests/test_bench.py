@@ -1,0 +1,34 @@
+"""bench: one fresh process per --parallel setting, figures as a table or JSON."""
+
+import json
+
+from conftest import run_cli
+from toolkit import demo, embedded
+from toolkit.bench import repeated
+
+
+def test_repeated_makes_ids_unique_and_keeps_the_order(tmp_path):
+    path = repeated(demo.samples_path(), 3, tmp_path)
+    items = json.loads(demo.samples_path().read_text(encoding="utf-8"))
+    many = json.loads(path.read_text(encoding="utf-8"))
+    assert len(many) == 3 * len(items) and len({m["id"] for m in many}) == len(many)
+    assert [m["input"] for m in many] == [i["input"] for i in items] * 3
+    assert repeated(demo.samples_path(), 1, tmp_path) == demo.samples_path()  # once: the file itself
+
+
+def test_bench_json(tmp_path):
+    one = tmp_path / "one.json"  # the competition prompt is ~900 tokens here: one question, twice
+    one.write_text(json.dumps(json.loads(demo.samples_path().read_text(encoding="utf-8"))[:1]), encoding="utf-8")
+    r = run_cli("bench", str(embedded.smollm2_gguf()), "--input", str(one), "--repeat", "2", "--parallel", "1",
+                "--parallel", "2", "--max-new-tokens", "4", "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [row["parallel"] for row in rows] == [1, 2]
+    for row in rows:
+        assert {"parallel", "prompt_tps", "gen_tps", "aggregate_tps", "seconds_per_item", "peak_rss_mb"} <= set(row)
+        assert row["prompt_tps"] > 0 and row["peak_rss_mb"] > 50 and row["items"] == 2
+
+
+def test_bench_bad_model(tmp_path):
+    r = run_cli("bench", str(tmp_path / "none.gguf"))
+    assert r.returncode == 2 and "no such model file" in r.stderr
