@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from conftest import run_cli
 from toolkit import demo, embedded
 from toolkit.bench import repeated
@@ -27,8 +29,28 @@ def test_bench_json(tmp_path):
     for row in rows:
         assert {"parallel", "prompt_tps", "gen_tps", "aggregate_tps", "seconds_per_item", "peak_rss_mb"} <= set(row)
         assert row["prompt_tps"] > 0 and row["peak_rss_mb"] > 50 and row["items"] == 2
+        assert row["new_tokens"] > 0 and row["gen_tps"] > 0
 
 
 def test_bench_bad_model(tmp_path):
+    from toolkit.bench import bench
+    from toolkit.errors import ModelNotFound
+
+    with pytest.raises(ModelNotFound, match="no such model file"):  # the library, before any worker starts
+        bench(tmp_path / "none.gguf")
     r = run_cli("bench", str(tmp_path / "none.gguf"))
     assert r.returncode == 2 and "no such model file" in r.stderr
+
+
+def test_a_worker_that_dies_is_reported_not_waited_for():
+    import multiprocessing as mp
+    import os
+
+    from toolkit.bench import _row
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=os._exit, args=(3,))  # as a segfault or the OOM killer would: no row sent
+    proc.start()
+    assert _row(proc, queue) == {"error": "the worker process died (exit code 3)"}
+    proc.join()

@@ -38,6 +38,19 @@ def test_missing_and_non_utf8(tmp_path):
     p.write_bytes('[{"id": "é"}]'.encode("latin-1"))
     with pytest.raises(InvalidInput, match="not UTF-8"):
         load_items(p)
+    with pytest.raises(InvalidInput, match="is a directory, not a competition JSON file"):
+        load_items(tmp_path)
+
+
+def test_every_user_json_reader_says_why_in_one_line(tmp_path):
+    """score's and --calibration's files go through the same reader as infer's input."""
+    from toolkit.imatrix import load_items as calibration_items
+    from toolkit.score import score
+
+    with pytest.raises(InvalidInput, match="is a directory, not a prediction file"):
+        score(tmp_path, tmp_path)
+    with pytest.raises(InvalidInput, match="is a directory, not a calibration file"):
+        calibration_items(tmp_path)
 
 
 def test_output_keeps_order_fields_and_hangul(tmp_path):

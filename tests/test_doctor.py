@@ -11,7 +11,8 @@ def test_doctor_json_reports_the_installation(converter):
     assert rep["llama_cpp_python"] == rep["llama_cpp_python_pinned"] == versions.LLAMA_CPP_PYTHON
     assert rep["llama_cpp_commit"] == converter.commit
     assert rep["converter"] == str(converter.script)
-    assert rep["llama_cpp_tools"] == str(tools.require().bin)
+    built = tools.require()
+    assert rep["llama_cpp_tools"] == f"{built.bin} (llama.cpp {built.commit[:7]})"
     assert isinstance(rep["gpu_offload"], bool)
     assert any(d["kind"] == "CPU" for d in rep["devices"])
     gpus = [d for d in rep["devices"] if d["kind"] == "GPU"]

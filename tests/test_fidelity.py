@@ -91,5 +91,17 @@ def test_compare_cli_json(smollm2_bf16, smollm2_quantized, tmp_path):
     for row in rows:
         assert {"file", "type", "top1_agreement", "kld_mean", "kld_p99", "ppl"} <= set(row)
     assert rows[0]["top1_agreement"] == 1.0 and rows[1]["kld_mean"] > 0
+    # The reference's log-probabilities (a temporary file) are gone.
+    assert not list(smollm2_bf16.parent.glob(".fidelity-*")) and not list(smollm2_bf16.parent.glob("*.logprobs"))
     missing = run_cli("compare", str(smollm2_bf16), str(tmp_path / "nope.gguf"))
     assert missing.returncode == 2 and "no such model file" in missing.stderr
+
+
+def test_reference_logprobs_go_beside_the_reference(smollm2_bf16, smollm2_quantized, tmp_path, monkeypatch):
+    """Not to /tmp, which is often memory: for a 128k vocabulary they are gigabytes."""
+    seen, real = [], fidelity._Reference
+    monkeypatch.setattr(fidelity, "_Reference", lambda n, v, d: seen.append(d) or real(n, v, d))
+    text = tmp_path / "prose.txt"
+    text.write_text(PROSE.read_text(encoding="utf-8")[:400], encoding="utf-8")
+    compare(smollm2_bf16, [files(smollm2_quantized)["Q8_0"]], text, n_ctx=64)
+    assert seen == [smollm2_bf16.parent]

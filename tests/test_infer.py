@@ -214,3 +214,18 @@ def test_missing_model_file(tmp_path):
 def test_beam_search_is_refused():
     r = run_cli("infer", str(SAMPLES), "--num-beams", "4")
     assert r.returncode == 2 and "beam search is not supported" in r.stderr
+
+
+def test_a_batched_context_too_small_is_refused_before_any_work(tmp_path, capsys):
+    """The competition prompts (~850–970 tokens here) at --parallel 4: a split cache (batch-invariant)
+    gives each of its sequences n_ctx / sequences, which 2048 makes too small for them."""
+    from toolkit.engine import EngineSettings
+
+    out = tmp_path / "a.json"
+    base = {"model": embedded.smollm2_gguf(), "output": out, "parallel": 4, "dry_run": True}
+    with pytest.raises(UserError, match=r"--n-ctx 2048 leaves 512 tokens per sequence .* lower --parallel"):
+        infer(SAMPLES, InferSettings(**base, engine=EngineSettings(batch_invariant=True, n_ctx=2048)))
+    assert not out.exists()
+    # A unified cache shares all of it: the run goes ahead, saying what a tight context risks.
+    infer(SAMPLES, InferSettings(**base, engine=EngineSettings(n_ctx=2048)))
+    assert "--n-ctx 2048 is below the" in capsys.readouterr().err and len(read(out)) == 8

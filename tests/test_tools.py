@@ -22,6 +22,28 @@ def test_tools_come_from_the_runtimes_sdist():
         assert "usage" in (r.stdout + r.stderr).lower(), name
 
 
+def test_a_build_with_other_flags_is_redone(tmp_path, monkeypatch):
+    """CMAKE_ARGS, CFLAGS and CXXFLAGS are the runtime's (CUDA, no-AMX): tools built otherwise are rebuilt."""
+    monkeypatch.setenv("TOOLKIT_HOME", str(tmp_path))
+    for var, value in (("CMAKE_ARGS", ""), ("CFLAGS", " -mno-amx-tile"), ("CXXFLAGS", " -mno-amx-tile")):
+        monkeypatch.setenv(var, value)
+    (tools.tools_dir() / "bin").mkdir(parents=True)
+    for name in tools.NAMES:
+        (tools.tools_dir() / "bin" / name).write_text("#!/bin/sh\n")
+        (tools.tools_dir() / "bin" / name).chmod(0o755)
+    (tools.tools_dir() / "build.json").write_text(json.dumps(
+        {"llama_cpp_python": versions.LLAMA_CPP_PYTHON, "llama_cpp_commit": "c" * 40, "flags": tools.build_flags()}))
+    assert tools.build() == tools.find() and tools.find().flags["CXXFLAGS"] == "-mno-amx-tile"  # nothing to do
+
+    def would_build():
+        raise RuntimeError("would build")
+
+    monkeypatch.setattr(tools.vendor, "require", would_build)
+    monkeypatch.setenv("CXXFLAGS", "-O1")
+    with pytest.raises(RuntimeError, match="would build"):
+        tools.build()
+
+
 def test_missing_tools_are_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TOOLKIT_HOME", str(tmp_path))
     assert tools.find() is None

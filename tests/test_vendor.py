@@ -53,3 +53,33 @@ def test_require_says_how_to_set_up(tmp_path, monkeypatch):
     monkeypatch.setenv("TOOLKIT_HOME", str(tmp_path))
     with pytest.raises(UserError, match="toolkit setup"):
         vendor.require()
+
+
+def test_download_keeps_only_the_pinned_sdist(tmp_path, monkeypatch):
+    """A file of another content under the sdist's name is replaced, and one pip hands over that is
+    not the pinned file is refused (pip itself keeps a file it finds "already downloaded")."""
+    import shutil
+    import subprocess
+
+    from toolkit.errors import ToolkitError
+
+    real = vendor.cache_root() / "sdist" / vendor.SDIST_NAME
+    if not real.is_file():
+        pytest.skip("setup keeps the sdist in the cache; not present here")
+    target = tmp_path / vendor.SDIST_NAME
+    target.write_bytes(b"an older or broken download")
+    served = [real]
+
+    def fake_pip(cmd, **kw):  # pip download, as it would behave, from a local file
+        assert "download" in cmd and not target.exists()  # the stale file went first
+        shutil.copyfile(served[0], target)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(vendor.subprocess, "run", fake_pip)
+    assert vendor.download_sdist(tmp_path) == target and vendor.sha256_file(target) == versions.LLAMA_CPP_PYTHON_SDIST_SHA256
+    target.unlink()
+    served[0] = tmp_path / "other.tar.gz"
+    served[0].write_bytes(b"not llama-cpp-python")
+    with pytest.raises(ToolkitError, match="not the pinned one"):
+        vendor.download_sdist(tmp_path)
+    assert not target.exists()

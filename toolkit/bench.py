@@ -83,10 +83,16 @@ def repeated(input_path: Path, times: int, directory: Path) -> Path:
     return path
 
 
-def bench(model: Path, input_path: Path, settings: BenchSettings = BenchSettings(), repeat: int = 1) -> list[dict]:
+def bench(model: Path, input_path: Path | None = None, settings: BenchSettings = BenchSettings(),
+          repeat: int = 1) -> list[dict]:
+    """One row per --parallel setting; the questions default to the bundled samples."""
+    from . import demo
     from .dataset import load_items
-    from .errors import ToolkitError
+    from .errors import ModelNotFound, ToolkitError
 
+    if not Path(model).is_file():  # before any worker starts
+        raise ModelNotFound(f"{model}: no such model file")
+    input_path = Path(input_path) if input_path else demo.samples_path()
     load_items(input_path)  # a bad input fails here, once, with the usual message
     ctx = mp.get_context("spawn")  # a fresh process per setting: its own peak RSS, no shared state
     rows = []
@@ -97,10 +103,26 @@ def bench(model: Path, input_path: Path, settings: BenchSettings = BenchSettings
             proc = ctx.Process(target=_run_one, args=(str(model), str(path), parallel, settings.sampling,
                                                       settings.engine, queue))
             proc.start()
-            row = queue.get()
+            row = _row(proc, queue)
             proc.join()
             if "error" in row:
                 raise ToolkitError(f"bench at --parallel {parallel} failed: {row['error']}")
             rows.append(row)
     return rows
+
+
+def _row(proc, queue) -> dict:
+    """The worker's row, or why there is none: a crash in llama.cpp (a segfault, an abort on CUDA
+    out-of-memory, the OOM killer) ends the process without a word, and a bare get() would wait forever."""
+    import queue as q
+
+    while True:
+        try:
+            return queue.get(timeout=0.5)
+        except q.Empty:
+            if not proc.is_alive():
+                try:  # it may have put its row just before exiting
+                    return queue.get(timeout=1)
+                except q.Empty:
+                    return {"error": f"the worker process died (exit code {proc.exitcode})"}
 

@@ -9,7 +9,7 @@ import traceback
 from pathlib import Path
 
 from . import __version__, console
-from .errors import ToolkitError, UserError
+from .errors import ToolkitError
 from .fit import KV_TYPE_BYTES
 from .quantizer import DEFAULT_TYPE, QUANT_TYPES
 from .sampler import SamplingParams
@@ -293,8 +293,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         keep_intermediate=args.keep_intermediate, force=args.force, threads=args.threads, check=args.check,
         lora=args.lora, lora_revision=args.lora_revision, imatrix=args.imatrix, calibration=args.calibration,
     )
-    if args.calibration and not args.imatrix:
-        raise UserError("--calibration is the text for --imatrix auto: add --imatrix auto")
     result = quantize(args.model, settings)
     print_quantize_result(result)
     if result.fidelity:
@@ -317,14 +315,8 @@ def print_fidelity(rows, title: str) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .engine import EngineSettings
-    from .errors import ModelNotFound
     from .fidelity import compare
 
-    for path in [args.reference, *args.quants]:
-        if not path.is_file():
-            raise ModelNotFound(f"{path}: no such model file")
-    if args.prompts is not None and not args.prompts.is_file():
-        raise ModelNotFound(f"{args.prompts}: no such file")
     rows = compare(args.reference, list(args.quants), args.prompts, args.n_ctx,
                    EngineSettings(n_gpu_layers=args.n_gpu_layers),
                    on_file=lambda p: console.err.print(f"scoring {p.name}"))
@@ -465,18 +457,14 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from . import demo
     from .bench import BenchSettings, bench
     from .engine import EngineSettings
-    from .errors import ModelNotFound
 
-    if not args.model.is_file():
-        raise ModelNotFound(f"{args.model}: no such model file")
     settings = BenchSettings(parallel=tuple(args.parallel or (1, 4)),
                              sampling=SamplingParams(max_new_tokens=args.max_new_tokens).validate(),
                              engine=EngineSettings(n_gpu_layers=args.n_gpu_layers, vram_limit=args.vram_limit,
                                                    cache_type=args.cache_type, batch_invariant=args.batch_invariant))
-    rows = bench(args.model, args.input or demo.samples_path(), settings, repeat=args.repeat)
+    rows = bench(args.model, args.input, settings, repeat=args.repeat)
     if args.json:
         print(json.dumps(rows))
         return 0
@@ -523,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         console.err.print(f"[red]error:[/red] {e}", soft_wrap=True)
         return e.exit_code
     except KeyboardInterrupt:
-        console.err.print("[red]interrupted[/red]: no partial output was kept")
+        console.err.print("[red]interrupted[/red]: finished work is kept and nothing half-written is left; rerun to go on")
         return 130
     except Exception as e:  # an internal failure: one line unless -v
         if args.verbose:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 from collections import deque
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Callable
 from . import console, vendor
 from .errors import ConversionFailed, NotACheckpoint, UnsupportedAdapter, UnsupportedArchitecture, UserError
 from .fsutil import atomic_path
+from .process import child
 
 OUTTYPES = ("auto", "bf16", "f16", "f32")
 _PERCENT = re.compile(rb"Writing:\s+(\d+)%")
@@ -90,9 +90,7 @@ def _run(converter: vendor.Converter, args: list[str], out: Path, outtype: str, 
     with atomic_path(out) as tmp, console.step_progress() as progress:
         task = progress.add_task(label, total=100)
         cmd = [sys.executable, *args, "--outfile", str(tmp), "--outtype", outtype]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        try:
-            assert proc.stdout is not None
+        with child(cmd, env=env) as proc:
             buf = b""
             while chunk := proc.stdout.read1(4096):
                 buf += chunk
@@ -103,10 +101,6 @@ def _run(converter: vendor.Converter, args: list[str], out: Path, outtype: str, 
                     elif line.strip():
                         tail.append(line.decode("utf-8", "replace"))
             code = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
         if code != 0:
             raise error(code, list(tail))  # inside the block: the partial file is dropped
         progress.update(task, completed=100)

@@ -17,13 +17,16 @@ def item_key(item: dict) -> str:
     return str(item["id"])
 
 
-def _read_json(path: Path, what: str):
+def read_json(path: Path, what: str):
+    """A user's JSON file, or one line saying why it cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InvalidInput(f"{path}: no such file") from None
     except IsADirectoryError:
         raise InvalidInput(f"{path}: is a directory, not a {what}") from None
+    except OSError as e:  # permissions, I/O
+        raise InvalidInput(f"{path}: cannot read the {what} ({e.strerror})") from None
     except UnicodeDecodeError:
         raise InvalidInput(f"{path}: not UTF-8 text") from None
     try:
@@ -33,7 +36,7 @@ def _read_json(path: Path, what: str):
 
 
 def load_items(path: Path) -> list[dict]:
-    data = _read_json(path, "competition JSON file")
+    data = read_json(path, "competition JSON file")
     if not isinstance(data, list):
         raise InvalidInput(f"{path}: expected a JSON list of items, found a JSON {type(data).__name__}")
     if not data:
@@ -60,7 +63,7 @@ def load_previous(output: Path, items: list[dict]) -> dict[str, str]:
     """Answers already in `output` for these items: what a rerun does not redo."""
     if not output.exists():
         return {}
-    data = _read_json(output, "output file")
+    data = read_json(output, "output file")
     if not isinstance(data, list):
         raise InvalidInput(f"{output} exists and is not an answers file; choose another --output or pass --no-resume")
     ids = {item_key(i) for i in items}

@@ -33,7 +33,8 @@ def report() -> dict[str, Any]:
         "llama_cpp_python_pinned": versions.LLAMA_CPP_PYTHON,
         "llama_cpp_commit": conv.commit if conv else versions.LLAMA_CPP_COMMIT,
         "converter": str(conv.script) if conv else "not set up (run `toolkit setup`)",
-        "llama_cpp_tools": str(built.bin) if (built := tools.find()) else "not built (`toolkit setup --tools`, for --imatrix)",
+        "llama_cpp_tools": f"{built.bin} (llama.cpp {built.commit[:7]})" if (built := tools.find())
+        else "not built (`toolkit setup --tools`, for --imatrix)",
         "gpu_offload": offload,
         "devices": [
             {"name": d.name, "description": d.description, "kind": d.kind,

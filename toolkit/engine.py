@@ -337,7 +337,7 @@ class Engine:
             self._decode(prompt[i:i + self.settings.n_batch])
         return self._logits().copy()
 
-    def generate(self, prompt: list[int], sampler: Sampler, max_new_tokens: int, on_token=None) -> Generation:
+    def generate(self, prompt: list[int], sampler: Sampler, max_new_tokens: int) -> Generation:
         import llama_cpp
 
         if self.ctx is None:
@@ -358,8 +358,6 @@ class Engine:
                 stopped = "eog"
                 break
             out.append(token)
-            if on_token is not None:
-                on_token()
             if len(prompt) + len(out) >= self.n_ctx:
                 stopped = "context"
                 break

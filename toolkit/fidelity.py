@@ -14,6 +14,7 @@ template, followed by its reference answer, and only the answer's tokens are sco
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 
 from . import chat_template
 from .engine import Engine, EngineSettings
-from .errors import UserError
+from .errors import InvalidInput, ModelNotFound, UserError
 from .sampler import Sampler, SamplingParams
 
 MAX_ITEMS = 64  # a competition JSON is sampled down to this many items (evenly)
@@ -131,7 +132,7 @@ class _Reference:
     vocabulary over a few thousand positions is gigabytes)."""
 
     def __init__(self, n_positions: int, n_vocab: int, directory: Path):
-        self._file = tempfile.NamedTemporaryFile(dir=directory, suffix=".logprobs")
+        self._file = tempfile.NamedTemporaryFile(dir=directory, prefix=".fidelity-", suffix=".logprobs")
         self.logp = np.memmap(self._file.name, dtype=np.float32, mode="w+", shape=(n_positions, n_vocab))
 
     def close(self) -> None:
@@ -159,6 +160,12 @@ def compare(reference: Path, quants: list[Path], texts_source: Path | None = Non
     """Rows for the reference (agreement 1, KLD 0) and each quant, on the same tokens."""
     from . import demo
 
+    for path in [reference, *quants]:  # all of them before the first model is scored
+        if not Path(path).is_file():
+            raise ModelNotFound(f"{path}: no such model file")
+    if texts_source is not None and not Path(texts_source).is_file():
+        raise InvalidInput(f"{texts_source}: no such file")
+
     with Engine(reference, engine_settings) as ref_engine:
         if texts_source is None:
             texts = competition_texts(ref_engine, demo.samples_with_gold())
@@ -166,7 +173,11 @@ def compare(reference: Path, quants: list[Path], texts_source: Path | None = Non
             texts = texts_from_file(ref_engine, texts_source, n_ctx)
         n_positions = sum(len(t.tokens) - t.first for t in texts)
         n_vocab = ref_engine.n_vocab
-        store = _Reference(n_positions, n_vocab, workdir or Path(tempfile.gettempdir()))
+        # Beside the models (where the disk space is), not in /tmp (often memory); a read-only
+        # model folder falls back to /tmp.
+        if workdir is None:
+            workdir = reference.parent if os.access(reference.parent, os.W_OK) else Path(tempfile.gettempdir())
+        store = _Reference(n_positions, n_vocab, workdir)
         ref_top = np.zeros(n_positions, dtype=np.int64)
         ref_nll = np.zeros(n_positions)
         if on_file:

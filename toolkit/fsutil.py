@@ -53,7 +53,16 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def replace_dir(staging: Path, final: Path) -> None:
-    """Put a finished directory in place of `final` (whatever was there goes)."""
+    """Put a finished directory in place of `final`. The old one is moved aside first and removed
+    last, so a failure on the way leaves the old directory, never none."""
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
     if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
+        os.replace(final, old)
+    try:
+        os.replace(staging, final)
+    except BaseException:
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -10,17 +10,17 @@ matrix sees on it; llama-quantize then spends its rounding error where those are
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import chat_template, console, tools
+from .dataset import read_json
 from .errors import ToolkitError, UserError
 from .fsutil import atomic_path, sha256_file
+from .process import child
 from .prompts import PromptSet, build_messages
 
 MAX_CTX = 512  # llama-imatrix's own default chunk
@@ -54,12 +54,7 @@ def default_items() -> tuple[list[dict], str]:
 
 
 def load_items(path: Path) -> list[dict]:
-    try:
-        items = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the calibration file ({e.strerror})") from None
-    except ValueError as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
+    items = read_json(path, "calibration file")
     if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("input"), dict)
                                               and "question" in i["input"] for i in items):
         raise UserError(f"{path}: expected a list of competition items with input.question")
@@ -129,18 +124,17 @@ def _run_with_progress(cmd: list[str], what: str) -> int:
     total = done = 0
     with console.step_progress() as progress:
         task = progress.add_task(what, total=None)
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert proc.stdout is not None
-        while chunk := os.read(proc.stdout.fileno(), 4096):
-            buf = (buf + chunk)[-4096:]
-            tail = (tail + chunk)[-8192:]
-            if not total and (m := _TOTAL.search(buf)):
-                total = int(m.group(1))
-                progress.update(task, total=total)
-            for m in _CHUNK.finditer(buf):
-                done = max(done, int(m.group(1)))
-            progress.update(task, completed=done)
-        rc = proc.wait()
+        with child(cmd) as proc:
+            while chunk := os.read(proc.stdout.fileno(), 4096):
+                buf = (buf + chunk)[-4096:]
+                tail = (tail + chunk)[-8192:]
+                if not total and (m := _TOTAL.search(buf)):
+                    total = int(m.group(1))
+                    progress.update(task, total=total)
+                for m in _CHUNK.finditer(buf):
+                    done = max(done, int(m.group(1)))
+                progress.update(task, completed=done)
+            rc = proc.wait()
     if rc != 0:
         lines = [ln for ln in tail.decode("utf-8", "replace").splitlines() if ln.strip()]
         errors = [ln for ln in lines if "error" in ln.lower() or "failed" in ln.lower()] or lines[-1:]

@@ -122,6 +122,20 @@ def _plan(items: list[dict], token_ids: dict[str, list[int]], parallel: int, max
     return _Plan(prefixes, prefix_of, -(-cells // step) * step)
 
 
+def _check_batched_context(n_ctx: int, plan: _Plan, parallel: int, longest: int, unified: bool) -> None:
+    """Refuse a context in which the longest prompt cannot fit its sequence; otherwise say what a
+    tight one risks (a split cache gives each sequence n_ctx / sequences; a unified one may fill)."""
+    n_seq = parallel + len(plan.prefixes)
+    room = n_ctx if unified else -(-(n_ctx // n_seq) // 256) * 256  # llama.cpp pads each share to 256
+    if longest >= room:
+        raise UserError(f"--n-ctx {n_ctx} leaves {room} tokens per sequence ({n_seq} sequences), fewer than the "
+                        f"longest prompt ({longest}); raise --n-ctx to {plan.n_ctx} or lower --parallel")
+    risk = ("answers may be cut where a sequence's share runs out" if not unified else
+            "the cache may fill when many long answers run together (then lower --parallel or raise --n-ctx; "
+            "answers written so far are kept)")
+    console.notice(f"--n-ctx {n_ctx} is below the {plan.n_ctx} this run may need at --parallel {parallel}: {risk}")
+
+
 def fit_context(longest_prompt: int, max_new_tokens: int, n_ctx_train: int) -> int:
     """Enough for the longest prompt plus max_new_tokens, in steps of 256, capped by training."""
     need = longest_prompt + max_new_tokens
@@ -173,6 +187,8 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
             plan.n_ctx if plan else fit_context(longest, params.max_new_tokens, engine.info.n_ctx_train))
         if longest >= min(n_ctx, engine.info.n_ctx_train):
             raise UserError(f"the longest prompt has {longest} tokens but the context is {n_ctx}; raise --n-ctx")
+        if plan and n_ctx < plan.n_ctx:  # a user's --n-ctx below what this run may need
+            _check_batched_context(n_ctx, plan, parallel, longest, unified)
         placed = None if settings.dry_run else engine.place(n_ctx)  # auto: the context size is known now
         if placed:
             console.err.print(placed.describe())

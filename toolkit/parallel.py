@@ -148,7 +148,9 @@ class ParallelDecoder:
         self._prefill_prefixes()
         queue = iter(requests)
         slots: list[_Slot | None] = [None] * self.n_parallel
-        n_ctx_seq = self.engine.info.n_ctx_train
+        # A sequence stops where its share of the cache ends (n_ctx / sequences when split) or at
+        # the trained context, whichever comes first, instead of failing the whole batch.
+        n_ctx_seq = min(self.engine.info.n_ctx_train, llama_cpp.llama_n_ctx_seq(self.engine.ctx))
         exhausted = False
 
         while not exhausted or any(slots):

@@ -136,6 +136,8 @@ def _imatrix(settings: QuantizeSettings, intermediate: Path, directory: Path, na
 
 
 def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token: str | None = None) -> QuantizeResult:
+    if settings.calibration and settings.imatrix != "auto":
+        raise UserError("--calibration is the text for --imatrix auto: add --imatrix auto")
     types = list(dict.fromkeys(canonical_type(t) for t in settings.types)) or [DEFAULT_TYPE]
     source = locate(model, settings.revision, token)
     lora = load_adapter(settings.lora, settings.lora_revision, token) if settings.lora else None

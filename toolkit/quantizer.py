@@ -12,6 +12,7 @@ from . import console, llama_log
 from .errors import ImatrixRequired, LoadFailed, QuantizationFailed, UnknownQuantType
 from .fsutil import atomic_path
 from .gguf import FILE_TYPES
+from .process import child
 
 # Every llama_ftype the quantizer accepts, by llama-quantize's names, and its aliases.
 QUANT_TYPES: dict[str, int] = {name: ftype for ftype, name in FILE_TYPES.items()}
@@ -89,8 +90,6 @@ def quantize_file(src: Path, dst: Path, qtype: str, nthread: int = 0) -> None:
 def quantize_file_with_imatrix(src: Path, dst: Path, qtype: str, imatrix: Path, nthread: int = 0) -> None:
     """Quantize with an importance matrix: llama.cpp's llama-quantize from the same sdist (the C
     API takes the matrix only as a C++ object)."""
-    import subprocess
-
     from . import tools
 
     llama_quantize = tools.require().path("llama-quantize")
@@ -98,14 +97,14 @@ def quantize_file_with_imatrix(src: Path, dst: Path, qtype: str, imatrix: Path, 
         task = progress.add_task(f"quantize → {qtype} (imatrix)", total=None)
         cmd = [str(llama_quantize), "--imatrix", str(imatrix), str(src), str(tmp), qtype,
                str(nthread or os.cpu_count() or 1)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-        assert proc.stdout is not None
         log = llama_log.LogTail()
-        for line in proc.stdout:
-            log.feed(line)
-            if m := _TENSOR_STEP.search(line):
-                progress.update(task, completed=int(m.group(1)), total=int(m.group(2)))
-        if proc.wait() != 0:
+        with child(cmd, text=True, errors="replace") as proc:
+            for line in proc.stdout:
+                log.feed(line)
+                if m := _TENSOR_STEP.search(line):
+                    progress.update(task, completed=int(m.group(1)), total=int(m.group(2)))
+            rc = proc.wait()
+        if rc != 0:
             reason = log.last_error() or "no reason given"
             raise QuantizationFailed(f"llama-quantize could not quantize {src.name} to {qtype}: {reason}")
         verify_loads(tmp)

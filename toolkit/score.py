@@ -16,12 +16,12 @@ Final = (EM + mean of the descriptive metrics computed) / 2.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .dataset import read_json
 from .errors import InvalidInput, UserError
 
 _QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"', "″": '"', "‘": "'", "’": "'", "`": "'"})
@@ -198,12 +198,7 @@ def _report(rows: list[dict]) -> Report:
 
 
 def _load(path: Path, role: str) -> list[dict]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInput(f"{path}: no such file") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidInput(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, f"{role} file")
     if not isinstance(data, list) or not data:
         raise InvalidInput(f"{path}: expected a non-empty JSON list of {role} items")
     seen = set()

@@ -18,6 +18,7 @@ from pathlib import Path
 from . import console
 from .convert import read_config
 from .errors import GatedRepo, HubUnavailable, InvalidAdapter, NotACheckpoint, RepoNotFound, RevisionNotFound
+from .fsutil import write_text_atomic
 
 # What llama.cpp's converter reads; everything else in a repo (other formats, images,
 # `original/` consolidated weights) is left on the hub.
@@ -246,8 +247,7 @@ def _download_snapshot(source: Source, cache_dir: Path, token: str | None) -> Pa
         target.symlink_to(os.path.relpath(blob, target.parent))
     if source.revision and source.revision != source.commit:
         ref = cache_dir / "refs" / source.revision
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        ref.write_text(source.commit)  # so the snapshot is found offline by its branch name
+        write_text_atomic(ref, source.commit)  # so the snapshot is found offline by its branch name
     return snapshot
 
 

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from . import console, vendor, versions
 from .errors import ToolkitError, ToolsNotBuilt, UserError
 from .fsutil import replace_dir
+from .process import child
 
 NAMES = ("llama-imatrix", "llama-quantize", "llama-perplexity")
 # Not needed to build the tools: test data, docs, other backends' sources.
@@ -31,12 +31,19 @@ _SKIP = re.compile(r"(models|docs|tests|examples|media|benches|tools/ui|tools/se
 _STEP = re.compile(r"^\[(\d+)/(\d+)\]")  # ninja's "[12/80] Building CXX object …"
 
 
+_FLAG_VARS = ("CMAKE_ARGS", "CFLAGS", "CXXFLAGS")
+
+
+def build_flags() -> dict[str, str]:
+    """What a build takes from the environment, as the runtime's own does (CUDA, no-AMX)."""
+    return {k: os.environ.get(k, "").strip() for k in _FLAG_VARS}
+
+
 @dataclass(frozen=True)
 class Tools:
     bin: Path
     commit: str
-    cmake_args: str
-    cflags: str
+    flags: dict[str, str]  # build_flags() of the build
 
     def path(self, name: str) -> Path:
         return self.bin / name
@@ -56,8 +63,7 @@ def find() -> Tools | None:
         return None
     if not all(os.access(root / "bin" / n, os.X_OK) for n in NAMES):
         return None
-    return Tools(root / "bin", info.get("llama_cpp_commit", "unknown"), info.get("cmake_args", ""),
-                 info.get("cflags", ""))
+    return Tools(root / "bin", info.get("llama_cpp_commit", "unknown"), info.get("flags", {}))
 
 
 def require() -> Tools:
@@ -99,11 +105,11 @@ def build(force: bool = False, jobs: int | None = None) -> Tools:
     build (scripts/setup.sh sets them: CUDA, no-AMX); a build made with other flags is redone.
     Static libraries: the binaries need nothing from the build tree once copied.
     """
-    cmake_args = os.environ.get("CMAKE_ARGS", "").split()
+    flags = build_flags()
     existing = None if force else find()
-    if existing is not None and (existing.cmake_args, existing.cflags) == (" ".join(cmake_args),
-                                                                             os.environ.get("CFLAGS", "")):
+    if existing is not None and existing.flags == flags:
         return existing  # built with these flags already
+    cmake_args = flags["CMAKE_ARGS"].split()
     conv = vendor.require()
     sdist = vendor.download_sdist(vendor.cache_root() / "sdist")
     cmake = _cmake()
@@ -131,8 +137,7 @@ def build(force: bool = False, jobs: int | None = None) -> Tools:
         info = {
             "llama_cpp_python": versions.LLAMA_CPP_PYTHON,
             "llama_cpp_commit": conv.commit,
-            "cmake_args": " ".join(cmake_args),
-            "cflags": os.environ.get("CFLAGS", ""),
+            "flags": flags,
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         (stage / "build.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -147,13 +152,12 @@ def _run(cmd: list[str], what: str, steps: bool = False) -> None:
     tail: list[str] = []
     with console.step_progress() as progress:
         task = progress.add_task(what, total=None)
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            tail = (tail + [line.rstrip()])[-30:]
-            if steps and (m := _STEP.match(line)):
-                progress.update(task, completed=int(m.group(1)), total=int(m.group(2)))
-        rc = proc.wait()
+        with child(cmd, text=True, errors="replace") as proc:
+            for line in proc.stdout:
+                tail = (tail + [line.rstrip()])[-30:]
+                if steps and (m := _STEP.match(line)):
+                    progress.update(task, completed=int(m.group(1)), total=int(m.group(2)))
+            rc = proc.wait()
     if rc != 0:
         errors = [t for t in tail if "error" in t.lower()] or tail[-3:]
         raise ToolkitError(f"{what} failed (exit {rc}): {errors[-1] if errors else 'no output'}")

@@ -111,14 +111,19 @@ def download_sdist(dest_dir: Path) -> Path:
     """Fetch the pinned sdist from the package index with pip (no build, no deps)."""
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / SDIST_NAME
-    if target.is_file() and sha256_file(target) == versions.LLAMA_CPP_PYTHON_SDIST_SHA256:
-        return target
+    if target.is_file():
+        if sha256_file(target) == versions.LLAMA_CPP_PYTHON_SDIST_SHA256:
+            return target
+        target.unlink()  # not the pinned file (pip would keep it as "already downloaded")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python",
            f"llama-cpp-python=={versions.LLAMA_CPP_PYTHON}", "-d", str(dest_dir)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not target.is_file():
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise ToolkitError(f"could not download {SDIST_NAME} with pip: {last}")
+    if (digest := sha256_file(target)) != versions.LLAMA_CPP_PYTHON_SDIST_SHA256:
+        target.unlink()
+        raise ToolkitError(f"the index served a {SDIST_NAME} that is not the pinned one (sha256 {digest[:12]}…)")
     return target
 
 
