@@ -45,7 +45,8 @@ def questions(tmp_path_factory):
 def run(questions, out, parallel, **kw):
     sampling = kw.pop("sampling", SamplingParams(max_new_tokens=16))
     result = infer(questions, InferSettings(model=embedded.smollm2_gguf(), output=out, resume=kw.pop("resume", False),
-                                            parallel=parallel, prompts=SHORT, sampling=sampling, **kw))
+                                            parallel=parallel, prompts=kw.pop("prompts", SHORT), sampling=sampling,
+                                            **kw))
     return result, json.loads(out.read_text(encoding="utf-8"))
 
 
@@ -128,3 +129,17 @@ def test_kill_and_resume_with_parallel(questions, tmp_path):
     data = json.loads(out.read_text(encoding="utf-8"))
     assert kills >= 1 and all("output" in d for d in data) and len(data) == 16
     assert len({d["id"] for d in data}) == 16
+
+
+def test_a_sequence_stops_where_its_share_of_a_split_cache_ends(tmp_path):
+    """Batch-invariant runs split the cache evenly: 768 cells for 3 sequences (2 slots and the
+    shared head) give each 256. An answer that would run past its share is cut there instead
+    of failing the whole batch in llama_decode."""
+    questions = tmp_path / "count.json"
+    questions.write_text(json.dumps([{"id": f"c{i}", "input": {"question_type": "단답형", "question":
+                                      f"List the numbers from {i} to 900, separated by commas."}} for i in (1, 2)]))
+    greedy = SamplingParams(max_new_tokens=400, do_sample=False)
+    result, data = run(questions, tmp_path / "c.json", 2, sampling=greedy, prompts=PromptSet(system="", generic="Answer."),
+                       engine=EngineSettings(batch_invariant=True, n_ctx=768))
+    assert result.n_ctx == 768 and all("output" in d for d in data)
+    assert result.cut_at_max_tokens >= 1 and result.new_tokens <= 2 * 256  # cut at the share, not at 400
