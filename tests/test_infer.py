@@ -229,3 +229,15 @@ def test_a_batched_context_too_small_is_refused_before_any_work(tmp_path, capsys
     # A unified cache shares all of it: the run goes ahead, saying what a tight context risks.
     infer(SAMPLES, InferSettings(**base, engine=EngineSettings(n_ctx=2048)))
     assert "--n-ctx 2048 is below the" in capsys.readouterr().err and len(read(out)) == 8
+
+
+def test_split_cache_room_is_counted_as_llama_cpp_pads_it():
+    """n_ctx is padded to 256, then each of the sequences' shares is: 2049 over 8 sequences gives
+    ceil256(2304 / 8) = 512 per sequence, 2048 gives 256."""
+    from toolkit.infer import _check_batched_context, _Plan
+
+    plan = _Plan(prefixes=[[1] * 20], prefix_of=[0] * 7, n_ctx=4096)  # 7 slots + 1 shared head = 8 sequences
+    _check_batched_context(2049, plan, 7, 300, unified=False)  # fits: a note, no refusal
+    with pytest.raises(UserError, match="leaves 256 tokens per sequence"):
+        _check_batched_context(2048, plan, 7, 300, unified=False)
+    _check_batched_context(2048, plan, 7, 2000, unified=True)  # one shared cache: the whole of it

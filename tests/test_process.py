@@ -24,3 +24,27 @@ def test_output_is_read_through_the_pipe():
         lines = proc.stdout.read().split()
         assert proc.wait() == 0
     assert sorted(lines) == ["err", "out"]  # stderr comes through the same pipe
+
+
+def test_grandchildren_are_killed_too():
+    """A build is cmake → ninja → compilers: killing cmake alone would leave them writing."""
+    import time
+    from pathlib import Path
+
+    def gone(pid):
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] in ("Z", "X")
+        except FileNotFoundError:
+            return True
+
+    script = "import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); " \
+             "print(p.pid, flush=True); time.sleep(60)"
+    with pytest.raises(RuntimeError):
+        with child([sys.executable, "-c", script], text=True) as proc:
+            grandchild = int(proc.stdout.readline())
+            assert not gone(grandchild)
+            raise RuntimeError("build failed elsewhere")
+    deadline = time.monotonic() + 10
+    while not gone(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(grandchild)

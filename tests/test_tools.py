@@ -64,3 +64,11 @@ def test_calibration_needs_imatrix(smollm2_hf, tmp_path):
     r = run_cli("quantize", str(smollm2_hf), "--calibration", str(tmp_path / "x.json"),
                 "--output-dir", str(tmp_path / "models"))
     assert r.returncode == 2 and "--imatrix auto" in r.stderr
+    # With a given matrix file the calibration text has no use: said so, before any work.
+    from toolkit.errors import UserError
+    from toolkit.quantize import QuantizeSettings, quantize
+
+    with pytest.raises(UserError, match="an imatrix file was given: drop one of them"):
+        quantize(str(smollm2_hf), QuantizeSettings(imatrix=str(tmp_path / "m.gguf"), calibration=tmp_path / "x.json",
+                                                   output_dir=tmp_path / "models"))
+    assert not (tmp_path / "models").exists()

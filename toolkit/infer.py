@@ -126,7 +126,8 @@ def _check_batched_context(n_ctx: int, plan: _Plan, parallel: int, longest: int,
     """Refuse a context in which the longest prompt cannot fit its sequence; otherwise say what a
     tight one risks (a split cache gives each sequence n_ctx / sequences; a unified one may fill)."""
     n_seq = parallel + len(plan.prefixes)
-    room = n_ctx if unified else -(-(n_ctx // n_seq) // 256) * 256  # llama.cpp pads each share to 256
+    padded = -(-n_ctx // 256) * 256  # as llama.cpp does: n_ctx, then each sequence's share, up to 256s
+    room = padded if unified else -(-(padded // n_seq) // 256) * 256
     if longest >= room:
         raise UserError(f"--n-ctx {n_ctx} leaves {room} tokens per sequence ({n_seq} sequences), fewer than the "
                         f"longest prompt ({longest}); raise --n-ctx to {plan.n_ctx} or lower --parallel")
