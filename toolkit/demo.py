@@ -4,7 +4,6 @@ Q4_K_M, then answering the bundled sample questions and scoring them against our
 from __future__ import annotations
 
 import json
-
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path

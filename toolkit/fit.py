@@ -23,6 +23,10 @@ MIN_MARGIN = 512 * 2**20  # the CUDA context, cuBLAS workspace, fragmentation
 MARGIN_FRACTION = 0.05
 KV_PAD = 256  # llama.cpp rounds the cache up to this many cells
 
+
+def round_up(n: int, step: int = KV_PAD) -> int:
+    return -(-n // step) * step
+
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
 
 
@@ -116,7 +120,7 @@ class FitPlan:
 
 
 def kv_bytes_per_layer(shape: ModelShape, layer: int, req: FitRequest) -> int:
-    cells = -(-req.n_ctx // KV_PAD) * KV_PAD
+    cells = round_up(req.n_ctx)
     per_cell = shape.n_head_kv[layer] * (shape.head_dim_k + shape.head_dim_v)
     return int(cells * per_cell * KV_TYPE_BYTES[req.cache_type])
 
@@ -126,7 +130,7 @@ def compute_bytes(shape: ModelShape, req: FitRequest, output_on_gpu: bool) -> in
     and one layer's attention scores (flash attention off), plus one micro-batch of activations.
     Checked against llama.cpp's reported buffer (SmolLM2, u=512): 8192 cells 166 MiB without
     flash attention (estimate 181), 98 MiB with it (112); 2048 cells 99 MiB (112)."""
-    cells = -(-req.n_ctx // KV_PAD) * KV_PAD
+    cells = round_up(req.n_ctx)
     u = min(req.n_ubatch, cells)
     activations = u * (6 * shape.n_embd + 3 * max(shape.n_ff, shape.n_embd)) * 4
     scores = 0 if req.flash_attn else int(1.15 * shape.n_head * cells * u * 4)

@@ -16,6 +16,7 @@ from . import chat_template, console, dataset, embedded
 from .clean import clean_answer, has_answer_form
 from .engine import Engine, EngineSettings, Generation, LoadInfo
 from .errors import ModelNotFound, UserError
+from .fit import KV_PAD, round_up
 from .lora import is_lora_gguf
 from .parallel import ParallelDecoder, Request, kv_cells, shared_prefixes
 from .prompts import CORRECTION, SELECTION, PromptSet, build_messages, warn_unknown_types
@@ -118,16 +119,16 @@ def _plan(items: list[dict], token_ids: dict[str, list[int]], parallel: int, max
             prefixes.append(head)
     cells = kv_cells(prefixes, prompts, prefix_of, parallel, max_new_tokens, unified)
     n_seq = min(parallel, len(items)) + len(prefixes)
-    step = 256 if unified else 256 * n_seq  # a split cache divides n_ctx evenly among sequences
-    return _Plan(prefixes, prefix_of, -(-cells // step) * step)
+    step = KV_PAD if unified else KV_PAD * n_seq  # a split cache divides n_ctx evenly among sequences
+    return _Plan(prefixes, prefix_of, round_up(cells, step))
 
 
 def _check_batched_context(n_ctx: int, plan: _Plan, parallel: int, longest: int, unified: bool) -> None:
     """Refuse a context in which the longest prompt cannot fit its sequence; otherwise say what a
     tight one risks (a split cache gives each sequence n_ctx / sequences; a unified one may fill)."""
     n_seq = parallel + len(plan.prefixes)
-    padded = -(-n_ctx // 256) * 256  # as llama.cpp does: n_ctx, then each sequence's share, up to 256s
-    room = padded if unified else -(-(padded // n_seq) // 256) * 256
+    padded = round_up(n_ctx)  # as llama.cpp pads: n_ctx, then each sequence's share
+    room = padded if unified else round_up(padded // n_seq)
     if longest >= room:
         raise UserError(f"--n-ctx {n_ctx} leaves {room} tokens per sequence ({n_seq} sequences), fewer than the "
                         f"longest prompt ({longest}); raise --n-ctx to {plan.n_ctx} or lower --parallel")
@@ -140,7 +141,7 @@ def _check_batched_context(n_ctx: int, plan: _Plan, parallel: int, longest: int,
 def fit_context(longest_prompt: int, max_new_tokens: int, n_ctx_train: int) -> int:
     """Enough for the longest prompt plus max_new_tokens, in steps of 256, capped by training."""
     need = longest_prompt + max_new_tokens
-    return min(n_ctx_train, -(-need // 256) * 256)
+    return min(n_ctx_train, round_up(need))
 
 
 def _progress() -> Progress:

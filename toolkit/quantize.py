@@ -136,10 +136,9 @@ def _imatrix(settings: QuantizeSettings, intermediate: Path, directory: Path, na
 
 
 def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token: str | None = None) -> QuantizeResult:
-    if settings.calibration and settings.imatrix is None:
-        raise UserError("--calibration is the text for --imatrix auto: add --imatrix auto")
     if settings.calibration and settings.imatrix != "auto":
-        raise UserError("--calibration is only used by --imatrix auto, and an imatrix file was given: drop one of them")
+        raise UserError("--calibration is the text for --imatrix auto: add --imatrix auto" if settings.imatrix is None
+                        else "--calibration is only used by --imatrix auto, and an imatrix file was given: drop one of them")
     types = list(dict.fromkeys(canonical_type(t) for t in settings.types)) or [DEFAULT_TYPE]
     source = locate(model, settings.revision, token)
     lora = load_adapter(settings.lora, settings.lora_revision, token) if settings.lora else None

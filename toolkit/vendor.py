@@ -162,14 +162,16 @@ def provision(sdist: Path | None = None, force: bool = False) -> Converter:
     """Extract the converter from the pinned sdist into the cache (idempotent)."""
     if not force and (existing := find()) is not None:
         return existing
-    sdist = Path(sdist) if sdist else download_sdist(cache_root() / "sdist")
-    if not sdist.is_file():
-        raise UserError(f"{sdist}: no such file")
-    digest = sha256_file(sdist)
-    if digest != versions.LLAMA_CPP_PYTHON_SDIST_SHA256:
-        raise UserError(
-            f"{sdist} is not llama-cpp-python {versions.LLAMA_CPP_PYTHON}'s sdist (sha256 {digest[:12]}…)"
-        )
+    if sdist is None:
+        sdist = download_sdist(cache_root() / "sdist")  # checked against the pin there
+    else:
+        sdist = Path(sdist)
+        if not sdist.is_file():
+            raise UserError(f"{sdist}: no such file")
+        if (digest := sha256_file(sdist)) != versions.LLAMA_CPP_PYTHON_SDIST_SHA256:
+            raise UserError(
+                f"{sdist} is not llama-cpp-python {versions.LLAMA_CPP_PYTHON}'s sdist (sha256 {digest[:12]}…)"
+            )
     top = SDIST_NAME.removesuffix(".tar.gz")
     root = converter_dir()
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -182,7 +184,7 @@ def provision(sdist: Path | None = None, force: bool = False) -> Converter:
             "llama_cpp_python": versions.LLAMA_CPP_PYTHON,
             "llama_cpp_commit": commit,
             "sdist": SDIST_NAME,
-            "sdist_sha256": digest,
+            "sdist_sha256": versions.LLAMA_CPP_PYTHON_SDIST_SHA256,
             "extracted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         (staging / "source.json").write_text(json.dumps(info, indent=2) + "\n")
