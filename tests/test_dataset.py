@@ -71,6 +71,18 @@ def test_unanswered_items_have_no_output():
     assert "output" in data[0] and "output" not in data[1]
 
 
+def test_gold_answers_in_the_input_are_neither_written_nor_resumed(tmp_path):
+    dev = [{**ITEMS[0], "output": {"answer": "gold 1"}}, {**ITEMS[1], "output": {"answer": "gold 2"}}]
+    out = tmp_path / "out.json"
+    write_output(out, dev, {"1": {"answer": "model 1"}})  # a run killed after one item
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data[0]["output"] == {"answer": "model 1"} and "output" not in data[1]
+    assert load_previous(out, dev) == {"1": "model 1"}
+    # A copy of the dev file given as --output: its gold answers are not taken as done.
+    out.write_text(json.dumps(dev, ensure_ascii=False), encoding="utf-8")
+    assert load_previous(out, dev) == {}
+
+
 def test_previous_answers_are_found_by_id(tmp_path):
     out = tmp_path / "out.json"
     write_output(out, ITEMS, {"2": {"answer": "나"}})

@@ -48,6 +48,7 @@ def fixed_logits(seed: int) -> np.ndarray:
     SamplingParams(temperature=0.3, top_p=0.5, top_k=10, repetition_penalty=1.2),
     SamplingParams(temperature=1.3, top_p=0.95, top_k=0, repetition_penalty=1.05),
     SamplingParams(temperature=0.7, top_p=1.0, top_k=200, repetition_penalty=0.9),
+    SamplingParams(temperature=0.7, top_p=0.0, top_k=50, repetition_penalty=1.05),  # HF keeps the top token
 ])
 @pytest.mark.parametrize("seed", [1, 2])
 def test_candidate_probabilities_match_transformers(hf_model, params, seed):
@@ -96,7 +97,9 @@ def test_sampling_follows_the_probabilities():
 @pytest.mark.parametrize("bad,match", [
     (dict(num_beams=4), "beam search is not supported"),
     (dict(temperature=0.0), "temperature must be > 0"),
-    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=-0.1), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(top_p=float("nan")), "top_p"),
     (dict(top_k=-1), "top_k"),
     (dict(repetition_penalty=0.0), "repetition_penalty"),
     (dict(max_new_tokens=0), "max_new_tokens"),

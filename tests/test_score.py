@@ -44,8 +44,20 @@ def test_split_answer():
     # A sentence that itself contains "가 옳다" is cut after its closing quote.
     tricky = split_answer('"그는 내 말이 옳다고 했다."가 옳다. 이유.')
     assert tricky.sentence == '"그는 내 말이 옳다고 했다."' and tricky.reason == "이유."
-    assert split_answer("형식이 없는 답.") == split_answer("형식이 없는 답.")
+    # An unquoted sentence ends at the first form, even if the reason quotes another one.
+    first = split_answer("장마가 며칠 동안 이어졌다.가 옳다. 흔히 '몇 일'이 옳다고 여기지만 틀렸다.")
+    assert first.sentence == "장마가 며칠 동안 이어졌다." and first.reason.startswith("흔히")
+    assert exact_match("장마가 며칠 동안 이어졌다.가 옳다. 흔히 '몇 일'이 옳다고 여기지만 틀렸다.", GOLD) == 1.0
     assert split_answer("형식이 없는 답.").sentence is None
+
+
+def test_rouge1_prepares_text_as_the_official_script(rouge):
+    # Quotes, periods, hyphens, jamo and other symbols are spaces; Latin letters lower-cased.
+    assert rouge.tokens("'사과'·배-감! ㅋㅋ ABC") == ["사과", "배", "감", "abc"]
+    assert rouge.f1('"사과", "배".', "사과 배") == 1.0
+    assert rouge.tokens("…!?") == [] and rouge.f1("…", "사과") == 0.0
+    # Only the first 1,000 whitespace-separated words count.
+    assert rouge.tokens("사과 " * 1000 + "배") == ["사과"] * 1000
 
 
 def test_rouge1_on_morphemes(rouge):
@@ -151,6 +163,34 @@ def test_bertscore_and_bleurt_on_local_models(pair, tmp_path):
     pred_path, gold_path = pair
     same = score(gold_path, gold_path, bertscore_model=bert)
     assert same.bertscore == pytest.approx(1.0, abs=1e-5)
+
+
+def test_bertscore_is_bert_scores_arithmetic(tmp_path):
+    """bert_score's matching recomputed on a padded batch: cosine of every token pair,
+    [CLS]/[SEP] matchable but weighted 0, precision/recall averaged over the other tokens."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from toolkit.score import bertscore_f1
+
+    torch.manual_seed(0)
+    d = tiny_bert(tmp_path / "bert")
+    preds, refs = ["사과 배 감", " 학교 도서관 책상 ", "연필 의자 좋다"], ["사과 배 감 귤", "책상 의자 연필", "연필"]
+    tokenizer, model = AutoTokenizer.from_pretrained(d), AutoModel.from_pretrained(d).eval()
+
+    def embed(texts):
+        enc = tokenizer([t.strip() for t in texts], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            h = model(**enc).last_hidden_state  # 2 layers: layer 9 is capped to the last
+        ids, mask = enc["input_ids"], enc["attention_mask"].float()
+        weight = mask * (ids != tokenizer.cls_token_id) * (ids != tokenizer.sep_token_id)
+        return h / h.norm(dim=-1, keepdim=True), mask, weight / weight.sum(1, keepdim=True)
+
+    (hp, mp, wp), (hr, mr, wr) = embed(preds), embed(refs)
+    sim = torch.bmm(hp, hr.transpose(1, 2)) * torch.bmm(mp.unsqueeze(2), mr.unsqueeze(1))
+    p, r = (sim.max(2).values * wp).sum(1), (sim.max(1).values * wr).sum(1)
+    assert bertscore_f1(preds, refs, str(d)) == pytest.approx((2 * p * r / (p + r)).tolist(), abs=1e-5)
+    assert bertscore_f1(["", "사과"], ["사과", ""], str(d)) == [0.0, 0.0]  # an empty side scores 0
 
 
 def test_bertscore_from_the_hf_cache(pair, tmp_path):

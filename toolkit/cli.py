@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("gold", type=Path, help="the same items with gold output.answer")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--bertscore-model", type=Path, help="local bert-base-multilingual-cased (else the HF cache's, if any)")
-    p.add_argument("--bleurt-model", type=Path, help="local BLEURT checkpoint loadable by transformers")
+    p.add_argument("--bleurt-model", type=Path, help="local BLEURT checkpoint loadable by transformers (the official evaluator uses BLEURT-20)")
 
     sub.add_parser("demo", help="quantize the embedded SmolLM2-135M-Instruct, answer and score the sample questions")
     return parser

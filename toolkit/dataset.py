@@ -73,19 +73,32 @@ def load_previous(output: Path, items: list[dict]) -> dict[str, str]:
             f"{output} holds answers for other questions than this input; choose another --output "
             "or pass --no-resume to overwrite it"
         )
+    # A dev or train file carries gold answers: one copied through unchanged is not ours.
+    # (Redoing an item costs time only; its seed gives the same answer again.)
+    gold = {item_key(i): _answer(i) for i in items}
     answers = {}
     for item in data:
-        out = item.get("output") if isinstance(item, dict) else None
-        if isinstance(out, dict) and isinstance(out.get("answer"), str):
-            answers[str(item["id"])] = out["answer"]
+        answer = _answer(item)
+        if answer is not None and answer != gold.get(str(item.get("id"))):
+            answers[str(item["id"])] = answer
     return answers
+
+
+def _answer(item) -> str | None:
+    out = item.get("output") if isinstance(item, dict) else None
+    return out["answer"] if isinstance(out, dict) and isinstance(out.get("answer"), str) else None
+
+
+def _without_output(item: dict) -> dict:
+    return {k: v for k, v in item.items() if k != "output"}
 
 
 def render_output(items: list[dict], outputs: dict[str, dict]) -> str:
     merged = []
     for item in items:
         key = item_key(item)
-        merged.append({**item, "output": outputs[key]} if key in outputs else item)
+        # An item not answered yet carries no "output", not even the input's gold answer.
+        merged.append({**item, "output": outputs[key]} if key in outputs else _without_output(item))
     return json.dumps(merged, ensure_ascii=False, indent=4)
 
 

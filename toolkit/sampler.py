@@ -36,8 +36,8 @@ class SamplingParams:
             raise UserError(f"num_beams={self.num_beams}: beam search is not supported; use sampling or --greedy")
         if self.do_sample and not self.temperature > 0:
             raise UserError(f"temperature must be > 0 when sampling (got {self.temperature}); use --greedy for argmax")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"top_p must be in (0, 1] (got {self.top_p})")
+        if not 0 <= self.top_p <= 1:  # HF's range: 0 keeps the most likely token only
+            raise UserError(f"top_p must be in [0, 1] (got {self.top_p})")
         if self.top_k < 0:
             raise UserError(f"top_k must be >= 0 (got {self.top_k}); 0 turns top-k off")
         if not self.repetition_penalty > 0:

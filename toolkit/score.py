@@ -1,16 +1,21 @@
 """The `score` verb: the competition's metrics, offline, by question type.
 
 Exact match (EM) is taken on the sentence an answer declares correct — the part before the
-first `가 옳다` / `이 옳다` — after normalizing:
+first `가 옳다` / `이 옳다` (for a sentence in quotes, the first right after a closing quote:
+the sentence may itself hold one) — after normalizing:
   * curly quotes become straight ones, surrounding whitespace goes, and one pair of quotes
     around the sentence is dropped (so `"A"가 옳다`, `“A” 가 옳다` and `A가 옳다` all give `A`);
   * a gold sentence that offers alternatives (`"A" 혹은 "B"`, also 또는) matches either.
 An answer without the form scores EM 0 and its whole text counts as the reason.
 
-The reason is the text after that first `옳다.`. ROUGE-1 is the F1 of morpheme unigrams from
-kiwipiepy (the official script tokenizes with Mecab, so figures can differ slightly).
-BERTScore (bert-base-multilingual-cased, layer 9, no rescaling) and BLEURT run only on a
-local model — given by path or already in the HF cache — and are never downloaded.
+The reason is the text after that `옳다.`; the descriptive metrics follow the official evaluator
+(teddysum/korean_evaluation). ROUGE-1: F1 of morpheme unigrams after its preparation (first
+1,000 words, lower case, all but Latin letters, digits and Hangul syllables made spaces), with
+kiwipiepy where it uses Mecab, so figures can differ slightly. BERTScore: bert_score's
+arithmetic (bert-base-multilingual-cased, layer 9, no idf, no rescaling). BLEURT: any
+checkpoint transformers loads as a regression model; the official one is BLEURT-20 under
+TensorFlow, so a port of another size scores on its own scale. Both run only on a local
+model — given by path or already in the HF cache — and are never downloaded.
 Final = (EM + mean of the descriptive metrics computed) / 2.
 """
 
@@ -25,10 +30,12 @@ from .dataset import read_json
 from .errors import InvalidInput, UserError
 
 _QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"', "″": '"', "‘": "'", "’": "'", "`": "'"})
-# The form right after a closing quote first (a sentence may itself contain "가 옳다").
 _FORM_AFTER_QUOTE = re.compile(r"(?<=[\"'])\s*[가이]\s*옳다\.?")
 _FORM = re.compile(r"\s*[가이]\s*옳다\.?")
 _ALTERNATIVES = re.compile(r"(?<=[\"'])\s*(?:혹은|또는)\s*(?=[\"'])")
+
+_NOT_ROUGE_CHAR = re.compile(r"[^A-Za-z0-9가-힣]")
+ROUGE_WORD_LIMIT = 1000
 
 BERTSCORE_REPO = "bert-base-multilingual-cased"
 BERTSCORE_LAYER = 9  # bert_score's choice for this model
@@ -54,7 +61,8 @@ def _unquote(text: str) -> str:
 
 def split_answer(answer: str) -> SplitAnswer:
     text = _normalize(answer)
-    m = _FORM_AFTER_QUOTE.search(text) or _FORM.search(text)
+    # A quoted sentence may itself hold "가 옳다": then the form is the one after a quote.
+    m = (_FORM_AFTER_QUOTE.search(text) if text[:1] in "\"'" else None) or _FORM.search(text)
     if m is None:
         return SplitAnswer(None, text)
     return SplitAnswer(text[:m.start()].strip(), text[m.end():].strip())
@@ -81,7 +89,11 @@ class Rouge1:
         self._kiwi = Kiwi()
 
     def tokens(self, text: str) -> list[str]:
-        return [t.form for t in self._kiwi.tokenize(text)] if text.strip() else []
+        # As the official rouge_metric.py prepares a text: lines joined, its first 1,000 words,
+        # lower case, every character but Latin letters, digits and Hangul syllables a space.
+        text = " ".join(text.split()[:ROUGE_WORD_LIMIT])
+        text = _NOT_ROUGE_CHAR.sub(" ", text.lower()).strip()
+        return " ".join(t.form for t in self._kiwi.tokenize(text)).split() if text else []
 
     def f1(self, prediction: str, reference: str) -> float:
         p, r = Counter(self.tokens(prediction)), Counter(self.tokens(reference))
@@ -106,35 +118,38 @@ def _local_model(path: Path | None, repo_id: str) -> str | None:
 
 def bertscore_f1(predictions: list[str], references: list[str], model_dir: str,
                  layer: int = BERTSCORE_LAYER, batch_size: int = 16) -> list[float]:
-    """BERTScore F1 (greedy cosine matching of contextual embeddings, special tokens excluded)."""
+    """BERTScore F1 as the `bert_score` package computes it (idf off, no rescaling): greedy
+    cosine matching of one layer's token embeddings, [CLS]/[SEP] matchable but weighted 0."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
     layer = min(layer, model.config.num_hidden_layers)
+    max_length = min(tokenizer.model_max_length, model.config.max_position_embeddings)
 
-    def embed(texts: list[str]) -> list[torch.Tensor]:
+    def embed(texts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         out = []
         for i in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=510,
-                            return_tensors="pt", return_special_tokens_mask=True)
+            enc = tokenizer([t.strip() for t in texts[i:i + batch_size]], padding=True, truncation=True,
+                            max_length=max_length, return_tensors="pt", return_special_tokens_mask=True)
             special = enc.pop("special_tokens_mask").bool()
             with torch.no_grad():
                 hidden = model(**enc, output_hidden_states=True).hidden_states[layer]
-            keep = enc["attention_mask"].bool() & ~special
-            for h, k in zip(hidden, keep):
-                out.append(torch.nn.functional.normalize(h[k], dim=-1))
+            for h, real, sp in zip(hidden, enc["attention_mask"].bool(), special):
+                out.append((torch.nn.functional.normalize(h[real], dim=-1), (~sp[real]).float()))
         return out
 
     scores = []
-    for p, r in zip(embed(predictions), embed(references)):
-        if len(p) == 0 or len(r) == 0:
+    for (p, p_weight), (r, r_weight) in zip(embed(predictions), embed(references)):
+        if not p_weight.any() or not r_weight.any():  # an empty text: bert_score gives 0
             scores.append(0.0)
             continue
         sim = p @ r.T
-        precision, recall = sim.max(dim=1).values.mean().item(), sim.max(dim=0).values.mean().item()
-        scores.append(2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0)
+        precision = (sim.max(dim=1).values @ p_weight / p_weight.sum()).item()
+        recall = (sim.max(dim=0).values @ r_weight / r_weight.sum()).item()
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall != 0 else 0.0
+        scores.append(f1)
     return scores
 
 
