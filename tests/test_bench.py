@@ -34,12 +34,15 @@ def test_bench_json(tmp_path):
 
 def test_bench_bad_model(tmp_path):
     from toolkit.bench import bench
-    from toolkit.errors import ModelNotFound
+    from toolkit.errors import InvalidGGUF
 
-    with pytest.raises(ModelNotFound, match="no such model file"):  # the library, before any worker starts
+    with pytest.raises(InvalidGGUF, match="no such file"):  # the library, before any worker starts
         bench(tmp_path / "none.gguf")
     r = run_cli("bench", str(tmp_path / "none.gguf"))
-    assert r.returncode == 2 and "no such model file" in r.stderr
+    assert r.returncode == 2 and "no such file" in r.stderr
+    (tmp_path / "q.json").write_text("[]", encoding="utf-8")
+    r = run_cli("bench", str(tmp_path / "q.json"))  # not a model: said before any worker runs
+    assert r.returncode == 2 and "not a GGUF file" in r.stderr and "failed" not in r.stderr
 
 
 def test_a_worker_that_dies_is_reported_not_waited_for():

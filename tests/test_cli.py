@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from conftest import run_cli
 
 
@@ -20,8 +22,12 @@ def test_directory_without_config(tmp_path):
 
 
 def test_any_type_as_a_flag_or_type_list(smollm2_hf, tmp_path):
-    r = run_cli("quantize", str(smollm2_hf), "--q6_k", "--type", "q5_k_m,Q4_0", "--no-check", "--output-dir", str(tmp_path))
+    r = run_cli("quantize", str(smollm2_hf), "--Q6_K", "--type", "q5_k_m,Q4_0", "--no-check", "--output-dir", str(tmp_path),
+                "--json")
     assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert [(f["type"], f["status"]) for f in report["files"]] == [("Q6_K", "built"), ("Q5_K_M", "built"), ("Q4_0", "built")]
+    assert report["source"]["kind"] == "local" and report["convert_seconds"] > 0 and report["fidelity"] == []
     names = sorted(p.name for p in (tmp_path / "SmolLM2-135M-Instruct").glob("*.gguf"))
     assert names == ["SmolLM2-135M-Instruct-Q4_0.gguf", "SmolLM2-135M-Instruct-Q5_K_M.gguf",
                      "SmolLM2-135M-Instruct-Q6_K.gguf"]
@@ -31,7 +37,7 @@ def test_imatrix_type_is_a_user_error(smollm2_hf, tmp_path):
     r = run_cli("quantize", str(smollm2_hf), "--iq2_xxs", "--output-dir", str(tmp_path))
     assert r.returncode == 2 and "importance matrix" in r.stderr and "--imatrix auto" in r.stderr
     assert [ln for ln in r.stderr.splitlines() if "error" in ln][0].startswith("error: IQ2_XXS needs")
-    assert not list(tmp_path.rglob("*.gguf"))
+    assert not (tmp_path / "SmolLM2-135M-Instruct").exists()  # refused before converting anything
 
 
 def test_help_lists_the_commands():
@@ -50,3 +56,23 @@ def test_demo_quantizes_the_embedded_model(tmp_path):
     answers = json.loads((tmp_path / "models" / "samples.answers.json").read_text(encoding="utf-8"))
     assert len(answers) == 8 and all(isinstance(a["output"]["answer"], str) for a in answers)
     assert "overall" in r.stdout and "final = (EM + mean of rouge1" in r.stdout
+
+
+def test_verbose_after_the_command_too(tmp_path):
+    r = run_cli("quantize", str(tmp_path), "-v")
+    assert r.returncode == 2 and "Traceback" in r.stderr and "no config.json" in r.stderr
+
+
+@pytest.mark.parametrize("args,match", [
+    (["infer", "x.json", "--parallel", "0"], "--parallel: must be at least 1"),
+    (["infer", "x.json", "--threads", "-3"], "--threads: must be at least 1"),
+    (["infer", "x.json", "--lora-scale", "nan"], "--lora-scale: must be a finite number"),
+    (["infer", "x.json", "--vram-limit", "inf"], "--vram-limit: must be a number of GiB above 0"),
+    (["doctor", "--vram", "1e308"], "--vram: must be a number of GiB above 0"),
+    (["doctor", "--n-ctx", "-10"], "--n-ctx: must be at least 1"),
+    (["bench", "m.gguf", "--repeat", "0"], "--repeat: must be at least 1"),
+    (["compare", "a.gguf", "b.gguf", "--n-ctx", "2"], "--n-ctx: must be at least 16"),
+])
+def test_out_of_range_numbers_are_refused_by_name(args, match):
+    r = run_cli(*args)
+    assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from toolkit.dataset import load_items, load_previous, render_output, write_output
-from toolkit.errors import InvalidInput
+from toolkit.dataset import check_output, load_items, load_previous, render_output, write_output
+from toolkit.errors import InvalidInput, OutputNotWritable
 
 ITEMS = [{"id": "1", "input": {"question_type": "선택형", "question": "가?"}},
          {"id": 2, "input": {"question_type": "교정형", "question": "나?", "extra": "x"}, "note": "kept"}]
@@ -25,6 +25,8 @@ def write(tmp_path, data, name="in.json"):
     (json.dumps([{"id": "1", "input": {"question": "  "}}]), "no 'input.question'"),
     (json.dumps([ITEMS[0], {"id": "1", "input": {"question": "q"}}]), "duplicate id '1' \\(items 1 and 2\\)"),
     (json.dumps([ITEMS[0], "text"]), "item 2 is not an object"),
+    (json.dumps([{"id": [1], "input": {"question": "q"}}]), "'id' must be a string or a whole number"),
+    (json.dumps([{"id": "1", "input": {"question": 123}}]), "'input.question' must be text"),
 ])
 def test_bad_input_is_refused(tmp_path, content, match):
     with pytest.raises(InvalidInput, match=match):
@@ -97,3 +99,35 @@ def test_output_of_another_input_is_refused(tmp_path):
     out.write_text('{"a": 1}')
     with pytest.raises(InvalidInput, match="not an answers file"):
         load_previous(out, ITEMS)
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(ITEMS, ensure_ascii=False).encode("utf-8"))
+    assert load_items(path) == ITEMS
+
+
+def test_outputs_that_must_not_be_replaced_are_refused_before_any_work(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes", encoding="utf-8")
+    with pytest.raises(InvalidInput, match="not an answers file"):
+        check_output(notes)
+    with pytest.raises(InvalidInput, match="not an answers file"):
+        load_previous(notes, ITEMS)
+    assert notes.read_text(encoding="utf-8") == "my notes"
+    with pytest.raises(InvalidInput, match="is a directory"):
+        check_output(tmp_path)
+    with pytest.raises(OutputNotWritable, match="cannot write there"):
+        check_output(notes / "out.json")  # a file where a directory should be
+    (tmp_path / "empty.json").touch()
+    check_output(tmp_path / "empty.json")  # an empty file holds nothing to lose
+    write_output(tmp_path / "answers.json", ITEMS, {"1": {"answer": "가"}})
+    check_output(tmp_path / "answers.json")  # ours: resumed, or replaced with --no-resume
+    assert not list(tmp_path.glob(".*.partial"))
+
+
+def test_a_failed_write_is_one_line_and_keeps_the_old_file(tmp_path):
+    (tmp_path / "out.json").mkdir()  # os.replace cannot put a file there
+    with pytest.raises(OutputNotWritable, match="what was there is kept"):
+        write_output(tmp_path / "out.json", ITEMS, {"1": {"answer": "가"}})
+    assert (tmp_path / "out.json").is_dir()

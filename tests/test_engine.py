@@ -33,6 +33,13 @@ def test_tokenize_parses_specials_and_adds_no_bos(engine):
     assert "<|im_end|>" in engine.control_token_texts()
 
 
+def test_a_cut_inside_a_character_leaves_no_replacement_character(engine):
+    ids = engine.tokenize("가나")
+    assert len(ids) > 2  # byte tokens: most cuts fall inside a character
+    texts = [engine.detokenize(ids[:n]) for n in range(len(ids) + 1)]
+    assert not any("\ufffd" in t for t in texts) and texts[-1] == "가나" and "가" in texts
+
+
 def test_greedy_matches_llama_cpp_python(engine):
     """With no penalty, our argmax loop is llama.cpp's greedy decoding."""
     ids = engine.tokenize(PROMPT)
@@ -66,7 +73,9 @@ def test_bad_model_files(tmp_path, make):
     inp = tmp_path / "q.json"
     inp.write_text('[{"id": "1", "input": {"question_type": "선택형", "question": "고르시오."}}]', encoding="utf-8")
     out = tmp_path / "out.json"
-    out.write_text("previous answers", encoding="utf-8")
+    previous = '[{"id": "1", "output": {"answer": "이전 답"}}]'
+    out.write_text(previous, encoding="utf-8")
     r = run_cli("infer", str(inp), "--model", str(path), "--output", str(out), "--no-resume")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
-    assert out.read_text(encoding="utf-8") == "previous answers"
+    assert ("GGUF" if make != "missing" else "no such model file") in r.stderr
+    assert out.read_text(encoding="utf-8") == previous

@@ -94,7 +94,19 @@ def test_compare_cli_json(smollm2_bf16, smollm2_quantized, tmp_path):
     # The reference's log-probabilities (a temporary file) are gone.
     assert not list(smollm2_bf16.parent.glob(".fidelity-*")) and not list(smollm2_bf16.parent.glob("*.logprobs"))
     missing = run_cli("compare", str(smollm2_bf16), str(tmp_path / "nope.gguf"))
-    assert missing.returncode == 2 and "no such model file" in missing.stderr
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_bad_inputs_are_refused_before_scoring(smollm2_bf16, smollm2_quantized, gemma3_gguf, tmp_path):
+    q4 = files(smollm2_quantized)["Q4_K_M"]
+    strings = tmp_path / "strings.json"
+    strings.write_text('["한 문장", "두 문장"]', encoding="utf-8")
+    r = run_cli("compare", str(smollm2_bf16), str(q4), "--prompts", str(strings))
+    assert r.returncode == 2 and "item 1 is not an object" in r.stderr and "scoring" not in r.stderr
+    r = run_cli("compare", str(smollm2_bf16), str(gemma3_gguf))
+    assert r.returncode == 2 and "not the same model" in r.stderr and "scoring" not in r.stderr
+    r = run_cli("compare", str(smollm2_bf16), str(strings))
+    assert r.returncode == 2 and "not a GGUF file" in r.stderr and "scoring" not in r.stderr
 
 
 def test_reference_logprobs_go_beside_the_reference(smollm2_bf16, smollm2_quantized, tmp_path, monkeypatch):

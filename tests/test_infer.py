@@ -1,6 +1,7 @@
 """End to end on real GGUFs over the bundled sample set (our own sentences)."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -241,3 +242,28 @@ def test_split_cache_room_is_counted_as_llama_cpp_pads_it():
     with pytest.raises(UserError, match="leaves 256 tokens per sequence"):
         _check_batched_context(2048, plan, 7, 300, unified=False)
     _check_batched_context(2048, plan, 7, 2000, unified=True)  # one shared cache: the whole of it
+
+
+def test_an_empty_rendered_prompt_is_refused(tmp_path):
+    empty = tmp_path / "empty.jinja"
+    empty.write_text("", encoding="utf-8")
+    out = tmp_path / "o.json"
+    r = run_cli("infer", str(SAMPLES), "--model", str(embedded.smollm2_gguf()), "--chat-template", str(empty),
+                "--output", str(out), "--max-new-tokens", "4")
+    assert r.returncode == 2 and "renders an empty prompt" in r.stderr and not out.exists()
+
+
+def test_the_batched_context_is_capped_by_the_trained_one(tmp_path):
+    r = run_cli("infer", str(SAMPLES), "--model", str(embedded.smollm2_gguf()), "--dry-run", "--parallel", "2",
+                "--max-new-tokens", "100000000", "--output", str(tmp_path / "p.json"))
+    assert r.returncode == 0, r.stderr
+    n_ctx = int(re.search(r"context +(\d+) tokens \(trained 8192\)", r.stderr).group(1))
+    assert 2 * 8192 <= n_ctx <= 3 * 8192  # two sequences of at most 8192, plus the shared heads
+
+
+def test_a_file_that_is_not_ours_is_never_replaced(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes", encoding="utf-8")
+    r = run_cli("infer", str(SAMPLES), "--model", str(embedded.smollm2_gguf()), "--output", str(notes), "--no-resume")
+    assert r.returncode == 2 and "not an answers file" in r.stderr
+    assert notes.read_text(encoding="utf-8") == "my notes"

@@ -80,6 +80,23 @@ def test_output_from_another_source_is_not_clobbered(smollm2_hf, tmp_path):
     assert target.read_bytes() == b"someone else's file"
 
 
+@pytest.mark.parametrize("extra,match", [
+    (["--imatrix", "nope.imatrix.gguf"], "no such imatrix file"),
+    (["--imatrix", "auto", "--calibration", "nope.json"], "no such file"),
+    (["--iq2_m", "--q4_k_m"], "IQ2_M needs an importance matrix"),
+])
+def test_option_errors_come_before_any_conversion(smollm2_hf, tmp_path, extra, match):
+    r = run_cli("quantize", str(smollm2_hf), "--output-dir", str(tmp_path), *extra)
+    assert r.returncode == 2 and match in r.stderr and r.stderr.strip().count("\n") == 0
+    assert not list(tmp_path.iterdir())
+
+
+def test_output_dir_that_is_a_file(smollm2_hf, tmp_path):
+    (tmp_path / "models").write_text("x")
+    r = run_cli("quantize", str(smollm2_hf), "--output-dir", str(tmp_path / "models"))
+    assert r.returncode == 2 and "is a file, not a directory" in r.stderr
+
+
 def test_force_and_keep_intermediate(smollm2_hf, tmp_path):
     settings = QuantizeSettings(types=("Q8_0",), output_dir=tmp_path, keep_intermediate=True, check=False)
     first = quantize(str(smollm2_hf), settings)

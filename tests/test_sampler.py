@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from toolkit.errors import UserError
+from toolkit.errors import InvalidGGUF, UserError
 from toolkit.sampler import Sampler, SamplingParams, apply_repetition_penalty, warp
 
 VOCAB = 4096
@@ -154,3 +154,10 @@ def test_fast_top_k_equals_the_whole_vocabulary_computation(case):
             ref_ids, ref_probs = reference_warp(x.copy(), params)
             np.testing.assert_array_equal(ids, ref_ids)
             np.testing.assert_allclose(probs, ref_probs, rtol=1e-6, atol=1e-7)
+
+
+def test_nan_scores_are_a_damaged_model_not_a_crash():
+    logits = fixed_logits(5)
+    logits[7] = np.nan
+    with pytest.raises(InvalidGGUF, match="NaN"):
+        Sampler(SamplingParams(), [1], VOCAB, 0).sample(logits)

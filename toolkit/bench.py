@@ -86,12 +86,11 @@ def repeated(input_path: Path, times: int, directory: Path) -> Path:
 def bench(model: Path, input_path: Path | None = None, settings: BenchSettings = BenchSettings(),
           repeat: int = 1) -> list[dict]:
     """One row per --parallel setting; the questions default to the bundled samples."""
-    from . import demo
+    from . import demo, gguf
     from .dataset import load_items
-    from .errors import ModelNotFound, ToolkitError
+    from .errors import ToolkitError
 
-    if not Path(model).is_file():  # before any worker starts
-        raise ModelNotFound(f"{model}: no such model file")
+    gguf.read(model)  # a missing, truncated or non-GGUF file fails here, before any worker starts
     input_path = Path(input_path) if input_path else demo.samples_path()
     load_items(input_path)  # a bad input fails here, once, with the usual message
     ctx = mp.get_context("spawn")  # a fresh process per setting: its own peak RSS, no shared state

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import traceback
 from pathlib import Path
@@ -30,9 +31,35 @@ def gib(value: str) -> int:
         n = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number of GiB") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError("must be more than 0 GiB")
+    if not 0 < n < 2**20:  # also refuses inf and nan
+        raise argparse.ArgumentTypeError("must be a number of GiB above 0")
     return int(n * 2**30)
+
+
+def at_least(low: int):
+    """An integer option with a floor (argparse's one-line error below it)."""
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}")
+        return n
+    return parse
+
+
+def finite(value: str) -> float:
+    try:
+        n = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not math.isfinite(n):
+        raise argparse.ArgumentTypeError("must be a finite number")
+    return n
+
+
+positive = at_least(1)
 
 
 def _add_placement(g) -> None:
@@ -62,7 +89,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", type=Path, default=Path("models"), help="where <name>/ goes (default: models)")
     p.add_argument("--keep-intermediate", action="store_true", help="keep the 16-bit GGUF next to the quantized ones")
     p.add_argument("--force", action="store_true", help="rebuild outputs that already exist")
-    p.add_argument("--threads", type=int, default=0, help="quantizer threads (default: all cores)")
+    p.add_argument("--threads", type=at_least(0), default=0, help="quantizer threads (default: all cores)")
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip the fidelity report (top-1 agreement, KL divergence, perplexity vs the 16-bit file)")
     p.add_argument("--lora", metavar="ADAPTER",
@@ -75,6 +102,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
                         "types (iq2_m, iq3_m …) possible; needs `toolkit setup --tools`")
     p.add_argument("--calibration", type=Path, metavar="DATA.json",
                    help="competition JSON for --imatrix auto, e.g. the train file (default: the bundled samples)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (files, times, fidelity)")
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -86,7 +114,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("quants", type=Path, nargs="+", help="quantized GGUFs of the same model")
     p.add_argument("--prompts", type=Path, help="competition JSON (questions + output.answer) or a plain text file "
                                                "(default: the bundled samples with reference answers)")
-    p.add_argument("--n-ctx", type=int, default=512, help="chunk size for a plain text file (as llama-perplexity -c)")
+    p.add_argument("--n-ctx", type=at_least(16), default=512,
+                   help="chunk size for a plain text file (as llama-perplexity -c; at least 16)")
     p.add_argument("--n-gpu-layers", type=gpu_layers, default=-1)
     p.add_argument("--json", action="store_true", help="print a list of objects")
 
@@ -137,13 +166,13 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=d.seed, help="same seed, same answers (per item)")
     g = p.add_argument_group("loading")
     _add_placement(g)
-    g.add_argument("--n-ctx", type=int, help="context size (default: longest prompt + max-new-tokens)")
-    g.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    g.add_argument("--n-ctx", type=positive, help="context size (default: longest prompt + max-new-tokens)")
+    g.add_argument("--threads", type=positive, help="CPU threads (default: all cores)")
     g.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto")
     g.add_argument("--lora", type=Path, metavar="FILE.gguf", help="GGUF LoRA (from `toolkit lora`) applied on the model")
-    g.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (default 1.0: as trained)")
+    g.add_argument("--lora-scale", type=finite, default=1.0, help="LoRA strength (default 1.0: as trained)")
     g = p.add_argument_group("throughput")
-    g.add_argument("--parallel", type=int, help="questions decoded together (default: 16 on a GPU, 4 on the CPU; "
+    g.add_argument("--parallel", type=positive, help="questions decoded together (default: 16 on a GPU, 4 on the CPU; "
                                                  "1: one at a time)")
     g.add_argument("--batch-invariant", action="store_true",
                    help="kernels and cache layout that make a batched run give the single-stream tokens on "
@@ -170,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     g = p.add_argument_group("auto-fit plan")
     g.add_argument("--model", type=Path, help="GGUF file to plan for")
-    g.add_argument("--n-ctx", type=int, default=2048, help="tokens per sequence (prompt + answer; default 2048)")
-    g.add_argument("--parallel", type=int, default=1, help="sequences decoded together")
+    g.add_argument("--n-ctx", type=positive, default=2048, help="tokens per sequence (prompt + answer; default 2048)")
+    g.add_argument("--parallel", type=positive, default=1, help="sequences decoded together")
     g.add_argument("--vram", type=gib, metavar="GIB", help="free GPU memory to plan for (default: what is free now)")
     g.add_argument("--cache-type", choices=list(KV_TYPE_BYTES), default="f16")
     g.add_argument("--no-flash-attn", action="store_true", help="plan for attention scores in the compute buffer")
@@ -191,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "setting, each in a fresh process, with the seed's sampling.")
     p.add_argument("model", type=Path, help="GGUF file")
     p.add_argument("--input", type=Path, help="competition JSON (default: the bundled sample questions)")
-    p.add_argument("--repeat", type=int, default=1, help="use the questions this many times over")
-    p.add_argument("--parallel", type=int, action="append", help="repeatable (default: 1 and 4)")
+    p.add_argument("--repeat", type=positive, default=1, help="use the questions this many times over")
+    p.add_argument("--parallel", type=positive, action="append", help="repeatable (default: 1 and 4)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     _add_placement(p)
     p.add_argument("--batch-invariant", action="store_true")
@@ -208,7 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bleurt-model", type=Path, help="local BLEURT checkpoint loadable by transformers (the official evaluator uses BLEURT-20)")
 
     sub.add_parser("demo", help="quantize the embedded SmolLM2-135M-Instruct, answer and score the sample questions")
+    for command in sub.choices.values():  # `toolkit infer … -v` as well as `toolkit -v infer …`
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="show tracebacks on errors")
     return parser
+
+
+def _type_flags_any_case(argv: list[str]) -> list[str]:
+    """--Q8_0 and --IQ4_XS as well as --q8_0: type flags are case-insensitive."""
+    return [a.lower() if a.startswith("--") and a[2:].upper() in QUANT_TYPES else a for a in argv]
 
 
 def _split_types(values: list[str] | None) -> tuple[str, ...]:
@@ -294,6 +331,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         lora=args.lora, lora_revision=args.lora_revision, imatrix=args.imatrix, calibration=args.calibration,
     )
     result = quantize(args.model, settings)
+    if args.json:
+        print(json.dumps(result.as_dict(), ensure_ascii=False))
+        return 0
     print_quantize_result(result)
     if result.fidelity:
         print_fidelity(result.fidelity, f"fidelity vs the {result.fidelity[0].type} intermediate "
@@ -502,7 +542,7 @@ COMMANDS = {"setup": cmd_setup, "doctor": cmd_doctor, "quantize": cmd_quantize, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_type_flags_any_case(sys.argv[1:] if argv is None else list(argv)))
     try:
         return COMMANDS[args.command](args)
     except ToolkitError as e:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import InvalidInput
-from .fsutil import write_text_atomic
+from .errors import InvalidInput, OutputNotWritable
+from .fsutil import partial_path, write_text_atomic
 
 
 def item_key(item: dict) -> str:
@@ -19,20 +19,29 @@ def item_key(item: dict) -> str:
 
 def read_json(path: Path, what: str):
     """A user's JSON file, or one line saying why it cannot be read."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InvalidInput(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InvalidInput(f"{path}: is a directory, not a {what}") from None
-    except OSError as e:  # permissions, I/O
-        raise InvalidInput(f"{path}: cannot read the {what} ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise InvalidInput(f"{path}: not UTF-8 text") from None
+    text = read_text(path, what)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise InvalidInput(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+
+
+def read_text(path: Path, what: str) -> str:
+    """A user's UTF-8 text file (a byte-order mark, as Windows editors write, is dropped)."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InvalidInput(f"{path}: is a directory, not {_a(what)}") from None
+    except OSError as e:  # permissions, I/O
+        raise InvalidInput(f"{path}: cannot read the {what} ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path}: not UTF-8 text") from None
+
+
+def _a(what: str) -> str:
+    return f"{'an' if what[:1] in 'aeiou' else 'a'} {what}"
 
 
 def load_items(path: Path) -> list[dict]:
@@ -45,12 +54,16 @@ def load_items(path: Path) -> list[dict]:
     for n, item in enumerate(data, 1):
         if not isinstance(item, dict):
             raise InvalidInput(f"{path}: item {n} is not an object")
-        if not isinstance(item.get("id"), (str, int)) or isinstance(item.get("id"), bool):
+        if "id" not in item:
             raise InvalidInput(f"{path}: item {n} has no 'id'")
+        if not isinstance(item["id"], (str, int)) or isinstance(item["id"], bool):
+            raise InvalidInput(f"{path}: item {n}: 'id' must be a string or a whole number")
         key = item_key(item)
         inp = item.get("input")
         if not isinstance(inp, dict):
             raise InvalidInput(f"{path}: item {n} (id {key}) has no 'input' object")
+        if "question" in inp and not isinstance(inp["question"], str):
+            raise InvalidInput(f"{path}: item {n} (id {key}): 'input.question' must be text")
         if not isinstance(inp.get("question"), str) or not inp["question"].strip():
             raise InvalidInput(f"{path}: item {n} (id {key}) has no 'input.question' text")
         if key in first_seen:
@@ -59,13 +72,39 @@ def load_items(path: Path) -> list[dict]:
     return data
 
 
+def check_output(output: Path) -> None:
+    """Refuse an output we must not replace (another kind of file), or cannot write, before any work."""
+    if output.is_dir():
+        raise InvalidInput(f"{output}: is a directory; --output takes a file name")
+    if output.exists() and output.stat().st_size and _answers_list(output) is None:
+        raise InvalidInput(f"{output} exists and is not an answers file; choose another --output")
+    try:  # the directory: can the temporary file beside the output be made there?
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial_path(output), "w", encoding="utf-8"):
+            pass
+        partial_path(output).unlink()
+    except OSError as e:
+        raise OutputNotWritable(f"{output}: cannot write there ({e.strerror})") from None
+
+
+def _answers_list(path: Path) -> list | None:
+    """The file's items if it is a JSON list of objects with ids (what infer writes), else None."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, list) or not all(isinstance(i, dict) and "id" in i for i in data):
+        return None
+    return data
+
+
 def load_previous(output: Path, items: list[dict]) -> dict[str, str]:
     """Answers already in `output` for these items: what a rerun does not redo."""
-    if not output.exists():
+    if not output.exists() or not output.stat().st_size:
         return {}
-    data = read_json(output, "output file")
-    if not isinstance(data, list):
-        raise InvalidInput(f"{output} exists and is not an answers file; choose another --output or pass --no-resume")
+    data = _answers_list(output)
+    if data is None:
+        raise InvalidInput(f"{output} exists and is not an answers file; choose another --output")
     ids = {item_key(i) for i in items}
     theirs = {str(i.get("id")) for i in data if isinstance(i, dict)}
     if theirs - ids:
@@ -104,4 +143,7 @@ def render_output(items: list[dict], outputs: dict[str, dict]) -> str:
 
 def write_output(path: Path, items: list[dict], outputs: dict[str, dict]) -> None:
     """The input list in order, each answered item with its "output"; atomic."""
-    write_text_atomic(path, render_output(items, outputs))
+    try:
+        write_text_atomic(path, render_output(items, outputs))
+    except OSError as e:  # the old file stays as it was
+        raise OutputNotWritable(f"{path}: cannot write the answers ({e.strerror}); what was there is kept") from None

@@ -8,8 +8,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__, backend, fit, tools, vendor, versions
-from .errors import ModelNotFound
+from . import __version__, backend, fit, gguf, tools, vendor, versions
 
 
 def _version(dist: str) -> str | None:
@@ -53,8 +52,7 @@ def report() -> dict[str, Any]:
 def fit_report(model: Path, n_ctx: int, parallel: int, free_bytes: int | None, cache_type: str = "f16",
                flash_attn: bool = True) -> dict[str, Any]:
     """What --n-gpu-layers auto would do for this GGUF: for given free VRAM, or what is free now."""
-    if not Path(model).is_file():
-        raise ModelNotFound(f"{model}: no such model file")
+    gguf.read(model)  # a missing, truncated or non-GGUF file: one line
     if free_bytes is None:
         free_bytes = sum(d.free_bytes for d in backend.gpus())
     cells = n_ctx * max(1, parallel)

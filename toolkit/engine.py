@@ -7,6 +7,7 @@ sequences can later share one context.
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import os
 import re
@@ -251,7 +252,9 @@ class Engine:
             buf = ctypes.create_string_buffer(size)
             n = llama_cpp.llama_detokenize(self.vocab, arr, len(tokens), buf, size, False, False)
             if n >= 0:
-                return buf.raw[:n].decode("utf-8", errors="replace")
+                # Not final: a cut at max_new_tokens inside a character drops its bytes
+                # instead of ending the answer in U+FFFD.
+                return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(buf.raw[:n], final=False)
             size = -n + 1
         raise DecodeFailed("llama.cpp could not detokenize the generated tokens")
 

@@ -101,3 +101,7 @@ class DecodeFailed(ToolkitError):
 
 class ToolsNotBuilt(UserError):
     """llama.cpp's command-line tools (llama-imatrix, llama-quantize) have not been built yet."""
+
+
+class OutputNotWritable(UserError):
+    """The output file or its directory cannot be written."""

@@ -3,7 +3,7 @@
 Teacher forcing over fixed texts: both models see the same tokens, and at every scored
 position we compare their next-token distributions — top-1 agreement, KL divergence
 (reference ‖ quant, mean and 99th percentile) and the perplexity of the text. These are the
-figures llama.cpp's `llama-perplexity --kl-divergence` reports; `texts_from_file` scores a
+figures llama.cpp's `llama-perplexity --kl-divergence` reports; `texts_from_source` scores a
 plain text the way it does (chunks of n_ctx tokens, the second half of each scored), so the
 two can be checked against each other.
 
@@ -13,7 +13,6 @@ template, followed by its reference answer, and only the answer's tokens are sco
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass
@@ -22,11 +21,12 @@ from typing import Callable
 
 import numpy as np
 
-from . import chat_template
+from . import chat_template, dataset, gguf
 from .engine import Engine, EngineSettings
-from .errors import InvalidInput, ModelNotFound, UserError
+from .errors import UserError
 from .sampler import Sampler, SamplingParams
 
+MIN_CHUNK = 16  # tokens in a plain-text chunk, half of them scored
 MAX_ITEMS = 64  # a competition JSON is sampled down to this many items (evenly)
 GENERATED_CONTINUATION = 64  # tokens the reference writes for items that have no answer
 
@@ -107,23 +107,35 @@ def text_chunks(tokens: list[int], n_ctx: int, bos: int | None) -> list[Text]:
     return texts
 
 
-def texts_from_file(engine: Engine, path: Path, n_ctx: int) -> list[Text]:
-    """A competition JSON (a list of items) or plain text (llama-perplexity's chunks)."""
+def read_source(path: Path) -> list[dict] | str:
+    """--prompts: a competition JSON's items (checked as infer checks them) or plain text."""
+    if path.suffix.lower() == ".json":
+        return dataset.load_items(path)
+    return dataset.read_text(path, "text file")
+
+
+def texts_from_source(engine: Engine, source: list[dict] | str, n_ctx: int) -> list[Text]:
+    """Competition items, or plain text in llama-perplexity's chunks."""
     import llama_cpp
 
-    raw = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        try:
-            items = json.loads(raw)
-        except ValueError as e:
-            raise UserError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(items, list):
-            raise UserError(f"{path}: expected a list of competition items")
-        return competition_texts(engine, items)
+    if isinstance(source, list):
+        return competition_texts(engine, source)
     add_bos = bool(llama_cpp.llama_vocab_get_add_bos(engine.vocab))
     bos = llama_cpp.llama_vocab_bos(engine.vocab) if add_bos else None
-    tokens = ([bos] if add_bos else []) + engine.tokenize(raw)
+    tokens = ([bos] if add_bos else []) + engine.tokenize(source)
     return text_chunks(tokens, n_ctx, bos)
+
+
+def _same_model(reference: Path, quants: list[Path]) -> None:
+    """From the headers, before any scoring: every file a GGUF of the reference's architecture
+    and vocabulary."""
+    ref = gguf.read(reference)
+    for path in quants:
+        q = gguf.read(path)
+        for what, a, b in (("architecture", ref.architecture, q.architecture),
+                           ("vocabulary size", ref.n_vocab, q.n_vocab)):
+            if a != b:
+                raise UserError(f"{path.name} has {what} {b}, the reference {a}: not the same model")
 
 
 # -- comparing ---------------------------------------------------------------------------------
@@ -160,17 +172,13 @@ def compare(reference: Path, quants: list[Path], texts_source: Path | None = Non
     """Rows for the reference (agreement 1, KLD 0) and each quant, on the same tokens."""
     from . import demo
 
-    for path in [reference, *quants]:  # all of them before the first model is scored
-        if not Path(path).is_file():
-            raise ModelNotFound(f"{path}: no such model file")
-    if texts_source is not None and not Path(texts_source).is_file():
-        raise InvalidInput(f"{texts_source}: no such file")
+    if n_ctx < MIN_CHUNK:
+        raise UserError(f"--n-ctx {n_ctx}: chunks need at least {MIN_CHUNK} tokens")
+    _same_model(reference, quants)  # all of them before the first model is scored
+    source = demo.samples_with_gold() if texts_source is None else read_source(Path(texts_source))
 
     with Engine(reference, engine_settings) as ref_engine:
-        if texts_source is None:
-            texts = competition_texts(ref_engine, demo.samples_with_gold())
-        else:
-            texts = texts_from_file(ref_engine, texts_source, n_ctx)
+        texts = texts_from_source(ref_engine, source, n_ctx)
         n_positions = sum(len(t.tokens) - t.first for t in texts)
         n_vocab = ref_engine.n_vocab
         # Beside the models (where the disk space is), not in /tmp (often memory); a read-only

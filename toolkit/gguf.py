@@ -154,6 +154,11 @@ class GGUFFile:
         return int(v) if v is not None else None
 
     @property
+    def n_vocab(self) -> int | None:
+        tokens = self.metadata.get("tokenizer.ggml.tokens")
+        return tokens.length if isinstance(tokens, ArraySummary) else len(tokens) if isinstance(tokens, list) else None
+
+    @property
     def chat_template(self) -> str | None:
         v = self.metadata.get("tokenizer.chat_template")
         return v if isinstance(v, str) else None
@@ -220,6 +225,8 @@ def read(path: str | Path, keep_arrays: tuple[str, ...] = ()) -> GGUFFile:
     Raises InvalidGGUF for anything that is not a complete GGUF file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InvalidGGUF(f"{path}: is a directory, not a GGUF file")
     if not path.is_file():
         raise InvalidGGUF(f"{path}: no such file")
     size = path.stat().st_size

@@ -66,6 +66,8 @@ class InferResult:
 
 def resolve_model(settings: InferSettings) -> Path:
     if settings.model is not None:
+        if settings.model.is_dir():
+            raise ModelNotFound(f"{settings.model}: is a directory, not a GGUF file")
         if not settings.model.is_file():
             raise ModelNotFound(f"{settings.model}: no such model file")
         return settings.model
@@ -104,8 +106,9 @@ class _Plan:
 
 
 def _plan(items: list[dict], token_ids: dict[str, list[int]], parallel: int, max_new_tokens: int,
-          unified: bool) -> _Plan:
-    """Shared heads per question type, and the KV cells the batched run needs."""
+          unified: bool, n_ctx_train: int) -> _Plan:
+    """Shared heads per question type, and the KV cells the batched run needs (no sequence
+    grows past the trained context: the decoder stops it there)."""
     by_type: dict[str, list[int]] = {}
     for n, item in enumerate(items):
         by_type.setdefault(str(item["input"].get("question_type", "")), []).append(n)
@@ -117,6 +120,7 @@ def _plan(items: list[dict], token_ids: dict[str, list[int]], parallel: int, max
             for n in members:
                 prefix_of[n] = len(prefixes)
             prefixes.append(head)
+    max_new_tokens = max(1, min(max_new_tokens, n_ctx_train - min(len(p) for p in prompts)))
     cells = kv_cells(prefixes, prompts, prefix_of, parallel, max_new_tokens, unified)
     n_seq = min(parallel, len(items)) + len(prefixes)
     step = KV_PAD if unified else KV_PAD * n_seq  # a split cache divides n_ctx evenly among sequences
@@ -157,6 +161,7 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
     output = settings.output or default_output(input_path, model_path, settings.dry_run, settings.engine.lora)
     if output.resolve() == input_path.resolve():
         raise UserError("the output would overwrite the input file; choose another --output")
+    dataset.check_output(output)
     previous = dataset.load_previous(output, items) if settings.resume and not settings.dry_run else {}
     if settings.dry_run and output.exists() and _holds_answers(output):
         raise UserError(f"{output} holds answers; a dry run would replace them: choose another --output")
@@ -177,6 +182,8 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
             key = dataset.item_key(item)
             rendered[key] = template.render(messages)
             token_ids[key] = engine.tokenize(rendered[key])
+            if not token_ids[key]:
+                raise UserError(f"item {key}: the chat template renders an empty prompt")
         longest = max(len(t) for t in token_ids.values())
         todo = [i for i in items if dataset.item_key(i) not in previous]
         parallel = max(1, min(settings.parallel or default_parallel(engine), len(todo) or 1))
@@ -184,7 +191,8 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
         # One at a time takes the plain path, except batch-invariant runs: they share the
         # batched path's prompt split so that N=1 and N>1 give the same tokens.
         batched = parallel > 1 or settings.engine.batch_invariant
-        plan = _plan(todo, token_ids, parallel, params.max_new_tokens, unified) if batched and todo else None
+        plan = (_plan(todo, token_ids, parallel, params.max_new_tokens, unified, engine.info.n_ctx_train)
+                if batched and todo else None)
         n_ctx = settings.engine.n_ctx or (
             plan.n_ctx if plan else fit_context(longest, params.max_new_tokens, engine.info.n_ctx_train))
         if longest >= min(n_ctx, engine.info.n_ctx_train):

@@ -16,9 +16,9 @@ from . import gguf, manifest
 from .adapter import Adapter, load_adapter, merged_checkpoint
 from .convert import convert, read_config, resolve_outtype
 from .engine import Engine, EngineSettings
-from .errors import InvalidGGUF, OutputExists, UserError
+from .errors import ImatrixRequired, InvalidGGUF, OutputExists, UserError
 from .fsutil import sha256_file
-from .quantizer import DEFAULT_TYPE, QUANT_TYPES, canonical_type, quantize_file, quantize_file_with_imatrix, verify_loads
+from .quantizer import DEFAULT_TYPE, IMATRIX_TYPES, QUANT_TYPES, canonical_type, quantize_file, quantize_file_with_imatrix, verify_loads
 from .source import Source, fetch, locate
 
 
@@ -61,6 +61,16 @@ class QuantizeResult:
     merge_seconds: float | None = None
     imatrix: dict | None = None  # the manifest's record of the matrix used
     imatrix_seconds: float | None = None  # computing it (None when reused or given)
+
+    def as_dict(self) -> dict:
+        return {
+            "source": self.source.identity(), "directory": str(self.directory),
+            "files": [{"type": f.type, "path": str(f.path), "size": f.size, "bits_per_weight": f.bits_per_weight,
+                       "sha256": f.sha256, "seconds": f.seconds, "status": f.status} for f in self.files],
+            "merge_seconds": self.merge_seconds, "convert_seconds": self.convert_seconds,
+            "imatrix": self.imatrix, "imatrix_seconds": self.imatrix_seconds,
+            "fidelity": [row.as_dict() for row in self.fidelity],
+        }
 
 
 def output_key(qtype: str, imatrix: bool = False) -> str:
@@ -135,11 +145,30 @@ def _imatrix(settings: QuantizeSettings, intermediate: Path, directory: Path, na
     return path
 
 
+def _check_inputs(settings: QuantizeSettings, types: list[str]) -> None:
+    """What can be refused from the options alone, before any download or conversion."""
+    if settings.output_dir.exists() and not settings.output_dir.is_dir():
+        raise UserError(f"{settings.output_dir}: --output-dir is a file, not a directory")
+    if settings.imatrix is None:
+        needing = [t for t in types if t in IMATRIX_TYPES]
+        if needing:
+            raise ImatrixRequired(f"{', '.join(needing)} {'needs' if len(needing) == 1 else 'need'} an importance matrix: add --imatrix auto (calibrated "
+                                  "on the task's questions; needs `toolkit setup --tools`) or use a type such as "
+                                  "Q4_K_M, IQ4_XS or Q8_0")
+    elif settings.imatrix != "auto" and not Path(settings.imatrix).expanduser().is_file():
+        raise UserError(f"{settings.imatrix}: no such imatrix file (or use --imatrix auto)")
+    if settings.calibration:
+        from . import imatrix as imx
+
+        imx.load_items(settings.calibration)
+
+
 def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token: str | None = None) -> QuantizeResult:
     if settings.calibration and settings.imatrix != "auto":
         raise UserError("--calibration is the text for --imatrix auto: add --imatrix auto" if settings.imatrix is None
                         else "--calibration is only used by --imatrix auto, and an imatrix file was given: drop one of them")
     types = list(dict.fromkeys(canonical_type(t) for t in settings.types)) or [DEFAULT_TYPE]
+    _check_inputs(settings, types)
     source = locate(model, settings.revision, token)
     lora = load_adapter(settings.lora, settings.lora_revision, token) if settings.lora else None
     # A merged model is another model: its own directory and names, <base>-<adapter>.

@@ -18,6 +18,9 @@ from .process import child
 QUANT_TYPES: dict[str, int] = {name: ftype for ftype, name in FILE_TYPES.items()}
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 DEFAULT_TYPE = "Q4_K_M"
+# Types llama.cpp refuses without an importance matrix, whatever the model (checked against its
+# own dry run in tests); the dry run before each quantization still catches any other case.
+IMATRIX_TYPES = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "Q2_K_S"})
 _TENSOR_STEP = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
 
 
