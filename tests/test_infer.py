@@ -83,9 +83,12 @@ def test_same_seed_same_answers(embedded_run, tmp_path):
     again = tmp_path / "again.json"
     infer(SAMPLES, settings(output=again))
     assert read(again) == read(first)
+    # Another seed: other answers (three items are enough to see it).
+    few = tmp_path / "few.json"
+    few.write_text(json.dumps(read(SAMPLES)[:3], ensure_ascii=False), encoding="utf-8")
     other = tmp_path / "other.json"
-    infer(SAMPLES, settings(output=other, sampling=replace(FAST, seed=123)))
-    assert read(other) != read(first)
+    infer(few, settings(output=other, sampling=replace(FAST, seed=123)))
+    assert [o["output"] for o in read(other)] != [o["output"] for o in read(first)[:3]]
 
 
 def test_rerun_resumes_and_no_resume_starts_over(embedded_run, tmp_path):

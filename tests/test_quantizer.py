@@ -1,7 +1,6 @@
 import llama_cpp
 import pytest
 
-from toolkit import gguf
 from toolkit.errors import ImatrixRequired, QuantizationFailed, UnknownQuantType
 from toolkit.quantizer import IMATRIX_TYPES, QUANT_TYPES, canonical_type, needs_imatrix, quantize_file
 
@@ -39,14 +38,6 @@ def test_imatrix_type_is_refused_clearly_and_writes_nothing(smollm2_bf16, tmp_pa
     with pytest.raises(ImatrixRequired, match="importance matrix"):
         quantize_file(smollm2_bf16, tmp_path / "x-IQ2_XXS.gguf", "IQ2_XXS")
     assert list(tmp_path.iterdir()) == []
-
-
-def test_iq4_xs_works_without_imatrix(smollm2_bf16, tmp_path):
-    out = tmp_path / "x-IQ4_XS.gguf"
-    quantize_file(smollm2_bf16, out, "IQ4_XS")
-    info = gguf.read(out)
-    assert info.file_type == QUANT_TYPES["IQ4_XS"]
-    assert "IQ4_XS" in info.tensor_type_counts()
 
 
 def test_failure_mid_write_leaves_no_file(smollm2_bf16, tmp_path, monkeypatch):
