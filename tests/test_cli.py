@@ -72,7 +72,7 @@ def test_verbose_after_the_command_too(tmp_path):
 
 @pytest.mark.parametrize("args,match", [
     (["infer", "x.json", "--parallel", "0"], "--parallel: must be at least 1"),
-    (["infer", "x.json", "--threads", "-3"], "--threads: must be at least 1"),
+    (["infer", "x.json", "--threads", "-3"], "--threads: must be at least 0"),
     (["infer", "x.json", "--lora-scale", "nan"], "--lora-scale: must be a finite number"),
     (["infer", "x.json", "--vram-limit", "inf"], "--vram-limit: must be a number of GiB above 0"),
     (["doctor", "--vram", "1e308"], "--vram: must be a number of GiB above 0"),

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from toolkit.dataset import check_output, load_items, load_previous, render_output, write_output
+from toolkit.dataset import check_output, holds_answers, load_items, load_previous, render_output, write_output
 from toolkit.errors import InvalidInput, OutputNotWritable
 
 ITEMS = [{"id": "1", "input": {"question_type": "선택형", "question": "가?"}},
@@ -111,18 +111,22 @@ def test_outputs_that_must_not_be_replaced_are_refused_before_any_work(tmp_path)
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes", encoding="utf-8")
     with pytest.raises(InvalidInput, match="not an answers file"):
-        check_output(notes)
+        check_output(notes, ITEMS)
     with pytest.raises(InvalidInput, match="not an answers file"):
         load_previous(notes, ITEMS)
     assert notes.read_text(encoding="utf-8") == "my notes"
     with pytest.raises(InvalidInput, match="is a directory"):
-        check_output(tmp_path)
+        check_output(tmp_path, ITEMS)
     with pytest.raises(OutputNotWritable, match="cannot write there"):
-        check_output(notes / "out.json")  # a file where a directory should be
+        check_output(notes / "out.json", ITEMS)  # a file where a directory should be
     (tmp_path / "empty.json").touch()
-    check_output(tmp_path / "empty.json")  # an empty file holds nothing to lose
+    check_output(tmp_path / "empty.json", ITEMS)  # an empty file holds nothing to lose
     write_output(tmp_path / "answers.json", ITEMS, {"1": {"answer": "가"}})
-    check_output(tmp_path / "answers.json")  # ours: resumed, or replaced with --no-resume
+    check_output(tmp_path / "answers.json", ITEMS)  # ours: resumed, or replaced with --no-resume
+    # A file of other questions (a dev file given as --output by mistake) is never replaced.
+    dev = write(tmp_path, [{"id": "d1", "input": {"question": "q"}, "output": {"answer": "gold"}}], "dev.json")
+    with pytest.raises(InvalidInput, match="other questions"):
+        check_output(dev, ITEMS)
     assert not list(tmp_path.glob(".*.partial"))
 
 
@@ -131,3 +135,12 @@ def test_a_failed_write_is_one_line_and_keeps_the_old_file(tmp_path):
     with pytest.raises(OutputNotWritable, match="what was there is kept"):
         write_output(tmp_path / "out.json", ITEMS, {"1": {"answer": "가"}})
     assert (tmp_path / "out.json").is_dir()
+
+
+def test_holds_answers_reads_a_byte_order_mark(tmp_path):
+    out = tmp_path / "answers.json"
+    write_output(out, ITEMS, {"1": {"answer": "가"}})
+    out.write_bytes(b"\xef\xbb\xbf" + out.read_bytes())
+    assert holds_answers(out)
+    write_output(out, ITEMS, {"1": {"prompt": "p", "prompt_tokens": 3}})  # a dry run's file
+    assert not holds_answers(out) and not holds_answers(tmp_path / "none.json")

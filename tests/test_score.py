@@ -44,6 +44,9 @@ def test_split_answer():
     # A sentence that itself contains "가 옳다" is cut after its closing quote.
     tricky = split_answer('"그는 내 말이 옳다고 했다."가 옳다. 이유.')
     assert tricky.sentence == '"그는 내 말이 옳다고 했다."' and tricky.reason == "이유."
+    # Inner quotes of the other kind do not end the sentence.
+    inner = split_answer('"그는 \'내 말\'이 옳다고 했다."가 옳다. 이유.')
+    assert inner.sentence == '"그는 \'내 말\'이 옳다고 했다."' and inner.reason == "이유."
     # An unquoted sentence ends at the first form, even if the reason quotes another one.
     first = split_answer("장마가 며칠 동안 이어졌다.가 옳다. 흔히 '몇 일'이 옳다고 여기지만 틀렸다.")
     assert first.sentence == "장마가 며칠 동안 이어졌다." and first.reason.startswith("흔히")

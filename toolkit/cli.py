@@ -33,7 +33,7 @@ def gib(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number of GiB") from None
     if not 0 < n < 2**20:  # also refuses inf and nan
         raise argparse.ArgumentTypeError("must be a number of GiB above 0")
-    return int(n * 2**30)
+    return max(1, int(n * 2**30))
 
 
 def at_least(low: int):
@@ -167,7 +167,7 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("loading")
     _add_placement(g)
     g.add_argument("--n-ctx", type=positive, help="context size (default: longest prompt + max-new-tokens)")
-    g.add_argument("--threads", type=positive, help="CPU threads (default: all cores)")
+    g.add_argument("--threads", type=at_least(0), help="CPU threads (default or 0: all cores)")
     g.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto")
     g.add_argument("--lora", type=Path, metavar="FILE.gguf", help="GGUF LoRA (from `toolkit lora`) applied on the model")
     g.add_argument("--lora-scale", type=finite, default=1.0, help="LoRA strength (default 1.0: as trained)")

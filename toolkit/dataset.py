@@ -72,12 +72,17 @@ def load_items(path: Path) -> list[dict]:
     return data
 
 
-def check_output(output: Path) -> None:
-    """Refuse an output we must not replace (another kind of file), or cannot write, before any work."""
+def check_output(output: Path, items: list[dict]) -> None:
+    """Refuse, before any work, an output we must not replace (another kind of file, or answers
+    to other questions: a dev or train file, say) or cannot write. --no-resume does not lift it."""
     if output.is_dir():
         raise InvalidInput(f"{output}: is a directory; --output takes a file name")
-    if output.exists() and output.stat().st_size and _answers_list(output) is None:
-        raise InvalidInput(f"{output} exists and is not an answers file; choose another --output")
+    if output.exists() and output.stat().st_size:
+        data = _answers_list(output)
+        if data is None:
+            raise InvalidInput(f"{output} exists and is not an answers file; choose another --output")
+        if {str(i.get("id")) for i in data} - {item_key(i) for i in items}:
+            raise InvalidInput(f"{output} holds other questions than this input; choose another --output")
     try:  # the directory: can the temporary file beside the output be made there?
         output.parent.mkdir(parents=True, exist_ok=True)
         with open(partial_path(output), "w", encoding="utf-8"):
@@ -91,8 +96,10 @@ def _answers_list(path: Path) -> list | None:
     """The file's items if it is a JSON list of objects with ids (what infer writes), else None."""
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError):
+    except ValueError:
         return None
+    except OSError as e:
+        raise OutputNotWritable(f"{path}: cannot read it to see what it holds ({e.strerror})") from None
     if not isinstance(data, list) or not all(isinstance(i, dict) and "id" in i for i in data):
         return None
     return data
@@ -105,13 +112,8 @@ def load_previous(output: Path, items: list[dict]) -> dict[str, str]:
     data = _answers_list(output)
     if data is None:
         raise InvalidInput(f"{output} exists and is not an answers file; choose another --output")
-    ids = {item_key(i) for i in items}
-    theirs = {str(i.get("id")) for i in data if isinstance(i, dict)}
-    if theirs - ids:
-        raise InvalidInput(
-            f"{output} holds answers for other questions than this input; choose another --output "
-            "or pass --no-resume to overwrite it"
-        )
+    if {str(i.get("id")) for i in data} - {item_key(i) for i in items}:
+        raise InvalidInput(f"{output} holds other questions than this input; choose another --output")
     # A dev or train file carries gold answers: one copied through unchanged is not ours.
     # (Redoing an item costs time only; its seed gives the same answer again.)
     gold = {item_key(i): _answer(i) for i in items}
@@ -121,6 +123,12 @@ def load_previous(output: Path, items: list[dict]) -> dict[str, str]:
         if answer is not None and answer != gold.get(str(item.get("id"))):
             answers[str(item["id"])] = answer
     return answers
+
+
+def holds_answers(path: Path) -> bool:
+    """An answers file with at least one answer in it (what a dry run must not replace)."""
+    data = _answers_list(path) if path.is_file() and path.stat().st_size else None
+    return bool(data) and any(_answer(i) is not None for i in data)
 
 
 def _answer(item) -> str | None:

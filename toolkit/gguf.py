@@ -232,7 +232,11 @@ def read(path: str | Path, keep_arrays: tuple[str, ...] = ()) -> GGUFFile:
     size = path.stat().st_size
     if size < 24:
         raise InvalidGGUF(f"{path}: not a GGUF file (too small)")
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise InvalidGGUF(f"{path}: cannot read it ({e.strerror})") from None
+    with f:
         if f.read(4) != MAGIC:
             raise InvalidGGUF(f"{path}: not a GGUF file (bad magic)")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,9 +160,9 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
     output = settings.output or default_output(input_path, model_path, settings.dry_run, settings.engine.lora)
     if output.resolve() == input_path.resolve():
         raise UserError("the output would overwrite the input file; choose another --output")
-    dataset.check_output(output)
+    dataset.check_output(output, items)
     previous = dataset.load_previous(output, items) if settings.resume and not settings.dry_run else {}
-    if settings.dry_run and output.exists() and _holds_answers(output):
+    if settings.dry_run and dataset.holds_answers(output):
         raise UserError(f"{output} holds answers; a dry run would replace them: choose another --output")
 
     with Engine(model_path, settings.engine) as engine:
@@ -259,14 +258,6 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
                 result.form_checked += 1
                 result.missing_form += not has_answer_form(outputs[dataset.item_key(item)]["answer"])
         return result
-
-
-def _holds_answers(path: Path) -> bool:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, list) and any(isinstance(i, dict) and "answer" in (i.get("output") or {}) for i in data)
 
 
 def _print_header(r: InferResult) -> None:

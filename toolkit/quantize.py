@@ -65,8 +65,10 @@ class QuantizeResult:
     def as_dict(self) -> dict:
         return {
             "source": self.source.identity(), "directory": str(self.directory),
+            "adapter": self.adapter.source.identity() if self.adapter else None,
             "files": [{"type": f.type, "path": str(f.path), "size": f.size, "bits_per_weight": f.bits_per_weight,
-                       "sha256": f.sha256, "seconds": f.seconds, "status": f.status} for f in self.files],
+                       "sha256": f.sha256, "seconds": f.seconds, "status": f.status, "intermediate": f.intermediate}
+                      for f in self.files],
             "merge_seconds": self.merge_seconds, "convert_seconds": self.convert_seconds,
             "imatrix": self.imatrix, "imatrix_seconds": self.imatrix_seconds,
             "fidelity": [row.as_dict() for row in self.fidelity],

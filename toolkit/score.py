@@ -30,7 +30,7 @@ from .dataset import read_json
 from .errors import InvalidInput, UserError
 
 _QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"', "″": '"', "‘": "'", "’": "'", "`": "'"})
-_FORM_AFTER_QUOTE = re.compile(r"(?<=[\"'])\s*[가이]\s*옳다\.?")
+_FORM_AFTER = {q: re.compile(rf"(?<={q})\s*[가이]\s*옳다\.?") for q in "\"'"}  # after a closing quote
 _FORM = re.compile(r"\s*[가이]\s*옳다\.?")
 _ALTERNATIVES = re.compile(r"(?<=[\"'])\s*(?:혹은|또는)\s*(?=[\"'])")
 
@@ -61,8 +61,9 @@ def _unquote(text: str) -> str:
 
 def split_answer(answer: str) -> SplitAnswer:
     text = _normalize(answer)
-    # A quoted sentence may itself hold "가 옳다": then the form is the one after a quote.
-    m = (_FORM_AFTER_QUOTE.search(text) if text[:1] in "\"'" else None) or _FORM.search(text)
+    # A quoted sentence may itself hold "가 옳다" (or other quotes): then the form is the first
+    # one right after the opening quote's own kind of quote.
+    m = (_FORM_AFTER[text[0]].search(text, 1) if text[:1] in _FORM_AFTER else None) or _FORM.search(text)
     if m is None:
         return SplitAnswer(None, text)
     return SplitAnswer(text[:m.start()].strip(), text[m.end():].strip())
