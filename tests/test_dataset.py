@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from toolkit.dataset import check_output, holds_answers, load_items, load_previous, render_output, write_output
+from toolkit.dataset import check_output, holds_answers, load_items, previous_answers, render_output, write_output
 from toolkit.errors import InvalidInput, OutputNotWritable
 
 ITEMS = [{"id": "1", "input": {"question_type": "선택형", "question": "가?"}},
@@ -79,26 +79,26 @@ def test_gold_answers_in_the_input_are_neither_written_nor_resumed(tmp_path):
     write_output(out, dev, {"1": {"answer": "model 1"}})  # a run killed after one item
     data = json.loads(out.read_text(encoding="utf-8"))
     assert data[0]["output"] == {"answer": "model 1"} and "output" not in data[1]
-    assert load_previous(out, dev) == {"1": "model 1"}
+    assert previous_answers(check_output(out, dev), dev) == {"1": "model 1"}
     # A copy of the dev file given as --output: its gold answers are not taken as done.
     out.write_text(json.dumps(dev, ensure_ascii=False), encoding="utf-8")
-    assert load_previous(out, dev) == {}
+    assert previous_answers(check_output(out, dev), dev) == {}
 
 
 def test_previous_answers_are_found_by_id(tmp_path):
     out = tmp_path / "out.json"
     write_output(out, ITEMS, {"2": {"answer": "나"}})
-    assert load_previous(out, ITEMS) == {"2": "나"}
-    assert load_previous(tmp_path / "none.json", ITEMS) == {}
+    assert previous_answers(check_output(out, ITEMS), ITEMS) == {"2": "나"}
+    assert previous_answers(check_output(tmp_path / "none.json", ITEMS), ITEMS) == {}
 
 
 def test_output_of_another_input_is_refused(tmp_path):
     out = write(tmp_path, [{"id": "zzz", "input": {"question": "q"}, "output": {"answer": "a"}}], "out.json")
     with pytest.raises(InvalidInput, match="other questions"):
-        load_previous(out, ITEMS)
+        previous_answers(check_output(out, ITEMS), ITEMS)
     out.write_text('{"a": 1}')
     with pytest.raises(InvalidInput, match="not an answers file"):
-        load_previous(out, ITEMS)
+        previous_answers(check_output(out, ITEMS), ITEMS)
 
 
 def test_a_byte_order_mark_is_accepted(tmp_path):
@@ -113,7 +113,7 @@ def test_outputs_that_must_not_be_replaced_are_refused_before_any_work(tmp_path)
     with pytest.raises(InvalidInput, match="not an answers file"):
         check_output(notes, ITEMS)
     with pytest.raises(InvalidInput, match="not an answers file"):
-        load_previous(notes, ITEMS)
+        previous_answers(check_output(notes, ITEMS), ITEMS)
     assert notes.read_text(encoding="utf-8") == "my notes"
     with pytest.raises(InvalidInput, match="is a directory"):
         check_output(tmp_path, ITEMS)
@@ -141,6 +141,6 @@ def test_holds_answers_reads_a_byte_order_mark(tmp_path):
     out = tmp_path / "answers.json"
     write_output(out, ITEMS, {"1": {"answer": "가"}})
     out.write_bytes(b"\xef\xbb\xbf" + out.read_bytes())
-    assert holds_answers(out)
+    assert holds_answers(check_output(out, ITEMS))
     write_output(out, ITEMS, {"1": {"prompt": "p", "prompt_tokens": 3}})  # a dry run's file
-    assert not holds_answers(out) and not holds_answers(tmp_path / "none.json")
+    assert not holds_answers(check_output(out, ITEMS)) and not holds_answers(check_output(tmp_path / "none.json", ITEMS))

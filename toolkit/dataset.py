@@ -72,16 +72,18 @@ def load_items(path: Path) -> list[dict]:
     return data
 
 
-def check_output(output: Path, items: list[dict]) -> None:
-    """Refuse, before any work, an output we must not replace (another kind of file, or answers
-    to other questions: a dev or train file, say) or cannot write. --no-resume does not lift it."""
+def check_output(output: Path, items: list[dict]) -> list[dict]:
+    """What `output` holds now ([] for none), read once, before any work. Refused: an output we
+    must not replace (another kind of file, or other questions: a dev or train file, say; not
+    even with --no-resume), and one that cannot be written."""
+    held: list[dict] = []
     if output.is_dir():
         raise InvalidInput(f"{output}: is a directory; --output takes a file name")
     if output.exists() and output.stat().st_size:
-        data = _answers_list(output)
-        if data is None:
+        held = _answers_list(output)
+        if held is None:
             raise InvalidInput(f"{output} exists and is not an answers file; choose another --output")
-        if {str(i.get("id")) for i in data} - {item_key(i) for i in items}:
+        if {str(i.get("id")) for i in held} - {item_key(i) for i in items}:
             raise InvalidInput(f"{output} holds other questions than this input; choose another --output")
     try:  # the directory: can the temporary file beside the output be made there?
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +92,7 @@ def check_output(output: Path, items: list[dict]) -> None:
         partial_path(output).unlink()
     except OSError as e:
         raise OutputNotWritable(f"{output}: cannot write there ({e.strerror})") from None
+    return held
 
 
 def _answers_list(path: Path) -> list | None:
@@ -105,30 +108,17 @@ def _answers_list(path: Path) -> list | None:
     return data
 
 
-def load_previous(output: Path, items: list[dict]) -> dict[str, str]:
-    """Answers already in `output` for these items: what a rerun does not redo."""
-    if not output.exists() or not output.stat().st_size:
-        return {}
-    data = _answers_list(output)
-    if data is None:
-        raise InvalidInput(f"{output} exists and is not an answers file; choose another --output")
-    if {str(i.get("id")) for i in data} - {item_key(i) for i in items}:
-        raise InvalidInput(f"{output} holds other questions than this input; choose another --output")
+def previous_answers(held: list[dict], items: list[dict]) -> dict[str, str]:
+    """Answers in the output's items (from check_output) for these items: what a rerun does not redo."""
     # A dev or train file carries gold answers: one copied through unchanged is not ours.
     # (Redoing an item costs time only; its seed gives the same answer again.)
     gold = {item_key(i): _answer(i) for i in items}
-    answers = {}
-    for item in data:
-        answer = _answer(item)
-        if answer is not None and answer != gold.get(str(item.get("id"))):
-            answers[str(item["id"])] = answer
-    return answers
+    return {item_key(i): a for i in held if (a := _answer(i)) is not None and a != gold.get(item_key(i))}
 
 
-def holds_answers(path: Path) -> bool:
-    """An answers file with at least one answer in it (what a dry run must not replace)."""
-    data = _answers_list(path) if path.is_file() and path.stat().st_size else None
-    return bool(data) and any(_answer(i) is not None for i in data)
+def holds_answers(held: list[dict]) -> bool:
+    """At least one answer among the output's items (what a dry run must not replace)."""
+    return any(_answer(i) is not None for i in held)
 
 
 def _answer(item) -> str | None:

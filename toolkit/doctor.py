@@ -52,12 +52,12 @@ def report() -> dict[str, Any]:
 def fit_report(model: Path, n_ctx: int, parallel: int, free_bytes: int | None, cache_type: str = "f16",
                flash_attn: bool = True) -> dict[str, Any]:
     """What --n-gpu-layers auto would do for this GGUF: for given free VRAM, or what is free now."""
-    gguf.read(model)  # a missing, truncated or non-GGUF file: one line
+    header = gguf.read(model)  # a missing, truncated or non-GGUF file: one line
     if free_bytes is None:
         free_bytes = sum(d.free_bytes for d in backend.gpus())
     cells = n_ctx * max(1, parallel)
     req = fit.FitRequest(n_ctx=cells, n_ubatch=min(512, cells), cache_type=cache_type, flash_attn=flash_attn)
-    plan = fit.plan(fit.shape_of(model), req, free_bytes)
+    plan = fit.plan(fit.shape_of(model, header), req, free_bytes)
     return {
         "request": f"{Path(model).name}: {parallel} × {n_ctx} tokens = {cells} KV cells ({cache_type}), "
                    f"flash attention {'on' if flash_attn else 'off'}",

@@ -160,9 +160,9 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
     output = settings.output or default_output(input_path, model_path, settings.dry_run, settings.engine.lora)
     if output.resolve() == input_path.resolve():
         raise UserError("the output would overwrite the input file; choose another --output")
-    dataset.check_output(output, items)
-    previous = dataset.load_previous(output, items) if settings.resume and not settings.dry_run else {}
-    if settings.dry_run and dataset.holds_answers(output):
+    held = dataset.check_output(output, items)
+    previous = dataset.previous_answers(held, items) if settings.resume and not settings.dry_run else {}
+    if settings.dry_run and dataset.holds_answers(held):
         raise UserError(f"{output} holds answers; a dry run would replace them: choose another --output")
 
     with Engine(model_path, settings.engine) as engine:

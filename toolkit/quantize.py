@@ -16,9 +16,10 @@ from . import gguf, manifest
 from .adapter import Adapter, load_adapter, merged_checkpoint
 from .convert import convert, read_config, resolve_outtype
 from .engine import Engine, EngineSettings
-from .errors import ImatrixRequired, InvalidGGUF, OutputExists, UserError
+from .errors import InvalidGGUF, OutputExists, UserError
 from .fsutil import sha256_file
-from .quantizer import DEFAULT_TYPE, IMATRIX_TYPES, QUANT_TYPES, canonical_type, quantize_file, quantize_file_with_imatrix, verify_loads
+from .quantizer import (DEFAULT_TYPE, IMATRIX_TYPES, QUANT_TYPES, canonical_type, imatrix_required, quantize_file,
+                        quantize_file_with_imatrix, verify_loads)
 from .source import Source, fetch, locate
 
 
@@ -149,14 +150,14 @@ def _imatrix(settings: QuantizeSettings, intermediate: Path, directory: Path, na
 
 def _check_inputs(settings: QuantizeSettings, types: list[str]) -> None:
     """What can be refused from the options alone, before any download or conversion."""
+    if settings.calibration and settings.imatrix != "auto":
+        raise UserError("--calibration is the text for --imatrix auto: add --imatrix auto" if settings.imatrix is None
+                        else "--calibration is only used by --imatrix auto, and an imatrix file was given: drop one of them")
     if settings.output_dir.exists() and not settings.output_dir.is_dir():
         raise UserError(f"{settings.output_dir}: --output-dir is a file, not a directory")
     if settings.imatrix is None:
-        needing = [t for t in types if t in IMATRIX_TYPES]
-        if needing:
-            raise ImatrixRequired(f"{', '.join(needing)} {'needs' if len(needing) == 1 else 'need'} an importance matrix: add --imatrix auto (calibrated "
-                                  "on the task's questions; needs `toolkit setup --tools`) or use a type such as "
-                                  "Q4_K_M, IQ4_XS or Q8_0")
+        if needing := [t for t in types if t in IMATRIX_TYPES]:
+            raise imatrix_required(needing)
     elif settings.imatrix != "auto" and not Path(settings.imatrix).expanduser().is_file():
         raise UserError(f"{settings.imatrix}: no such imatrix file (or use --imatrix auto)")
     if settings.calibration:
@@ -166,9 +167,6 @@ def _check_inputs(settings: QuantizeSettings, types: list[str]) -> None:
 
 
 def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token: str | None = None) -> QuantizeResult:
-    if settings.calibration and settings.imatrix != "auto":
-        raise UserError("--calibration is the text for --imatrix auto: add --imatrix auto" if settings.imatrix is None
-                        else "--calibration is only used by --imatrix auto, and an imatrix file was given: drop one of them")
     types = list(dict.fromkeys(canonical_type(t) for t in settings.types)) or [DEFAULT_TYPE]
     _check_inputs(settings, types)
     source = locate(model, settings.revision, token)

@@ -55,15 +55,20 @@ def needs_imatrix(src: Path, qtype: str) -> bool:
     return "require an imatrix" in text or (rc != 0 and "importance matrix" in text)
 
 
+def imatrix_required(types: list[str], scope: str = "") -> ImatrixRequired:
+    verb = "needs" if len(types) == 1 else "need"
+    return ImatrixRequired(
+        f"{', '.join(types)} {verb} an importance matrix{scope}: add --imatrix auto (calibrated on the "
+        "task's questions; needs `toolkit setup --tools`) or use a type such as Q4_K_M, IQ4_XS or Q8_0"
+    )
+
+
 def quantize_file(src: Path, dst: Path, qtype: str, nthread: int = 0) -> None:
     """Quantize `src` into `dst` (atomically), with a progress bar over tensors."""
     import llama_cpp
 
     if needs_imatrix(src, qtype):
-        raise ImatrixRequired(
-            f"{qtype} needs an importance matrix for this model: add --imatrix auto (calibrated on the "
-            "task's questions; needs `toolkit setup --tools`) or use a type such as Q4_K_M, IQ4_XS or Q8_0"
-        )
+        raise imatrix_required([qtype], " for this model")
     params = _params(qtype, nthread)
     with console.step_progress() as progress, atomic_path(dst) as tmp:
         task = progress.add_task(f"quantize → {qtype}", total=None)
