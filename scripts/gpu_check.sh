@@ -36,6 +36,12 @@ step() { [[ " $STEPS " == *" $1 "* ]]; }
 clock() { date +%s.%N; }
 took() { "$PY" -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(clock)"; }
 record() { echo "$1=$2" >> "$OUT/figures.txt"; echo "## $1 = $2"; }
+# llama.cpp's own buffers on the GPU (weights + KV + compute, MiB) from an infer --json summary.
+gpu_buffers() { "$PY" -c "
+import json, sys
+m = json.load(open(sys.argv[1])).get('memory_mib', {})
+print(round(sum(v for name, kinds in m.items() if name.startswith('CUDA') and 'Host' not in name for v in kinds.values()), 1), m)
+" "$1"; }
 
 # GPU memory in use, sampled every 0.2 s while a step runs; the peak goes into figures.txt.
 vram_watch() {
@@ -178,6 +184,7 @@ if step infer && [ ! -f "$WORK/infer$N.json" ]; then
   mv "$WORK/infer$N.json.partial" "$WORK/infer$N.json"
   record "infer${N}_wall_seconds" "$(took "$t0")"
   vram_peak infer
+  record infer_llama_cpp_gpu_buffers_mib "$(gpu_buffers "$OUT/infer$N.summary.json")"
 fi
 
 if step bench && [ ! -f "$OUT/bench.json" ]; then
@@ -202,6 +209,8 @@ json.dump(items, open('$WORK/questions8.json', 'w'), ensure_ascii=False)
     --vram-limit 6 --parallel 4 --max-new-tokens 16 --json | tee "$OUT/auto.summary.json" || exit 1
   record auto_wall_seconds "$(took "$t0")"
   vram_peak auto
+  # The acceptance line: what llama.cpp allocated on the GPU stays under the 6 GiB (6144 MiB) cap.
+  record auto_llama_cpp_gpu_buffers_mib "$(gpu_buffers "$OUT/auto.summary.json")"
 fi
 
 # llama.cpp's own llama-bench from the same source, same file: the yardstick for bench's figures.

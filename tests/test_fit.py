@@ -8,6 +8,7 @@ import pytest
 
 from toolkit import embedded, fit, gguf
 from toolkit.engine import Engine, EngineSettings
+from toolkit.errors import ToolkitError
 
 from conftest import run_cli
 
@@ -17,8 +18,10 @@ GIB = 2**30
 def llama3_8b_q4_k_m() -> fit.ModelShape:
     """Llama-3-8B's shape with Q4_K_M-sized layers (4.58 GiB in all, 0.29 GiB of it the embedding)."""
     layer = 131_000_000  # 0.218 G parameters a layer at ≈ 4.8 bits
+    # The largest tensor of a layer: ffn_down, 14336 × 4096 in Q6_K; the output matrix: Q6_K too.
     return fit.ModelShape(n_layer=32, n_embd=4096, n_ff=14336, n_head=32, n_head_kv=(8,) * 32, head_dim_k=128,
-                          head_dim_v=128, n_vocab=128256, layer_bytes=(layer,) * 32, output_bytes=430_000_000)
+                          head_dim_v=128, n_vocab=128256, layer_bytes=(layer,) * 32, output_bytes=430_000_000,
+                          largest_tensor=(48_200_000,) * 32, output_matrix_bytes=430_000_000)
 
 
 def test_kv_cache_estimate_equals_llama_cpp_allocation():
@@ -32,15 +35,48 @@ def test_kv_cache_estimate_equals_llama_cpp_allocation():
     assert estimate / 2**20 == pytest.approx(reported, abs=0.01)  # 3072 padded cells × 30 layers × 768 B
 
 
-def test_compute_estimate_covers_llama_cpp_buffer():
-    shape = fit.shape_of(embedded.smollm2_gguf())
-    for flash in (False, True):
-        with Engine(embedded.smollm2_gguf(), EngineSettings(n_gpu_layers=0, flash_attn=flash)) as engine:
-            engine.open_context(8192)
+@pytest.mark.parametrize("rows", [None, 1, 16])
+def test_compute_estimate_covers_llama_cpp_buffer(rows, gemma3_gguf):
+    """llama.cpp's own compute buffer (CPU build, same graph as on a GPU) against the estimate:
+    never below, at most 30 % (or 16 MiB) above; whole-batch logits (None) or a few rows."""
+    for path in (embedded.smollm2_gguf(), gemma3_gguf):  # gemma-3: sliding-window layers, two masks
+        shape = fit.shape_of(path)
+        for flash in (False, True):
+            with Engine(path, EngineSettings(n_gpu_layers=0, flash_attn=flash)) as engine:
+                engine.open_context(8192, logits_rows=rows)
+                text = "\n".join(engine.buffer_sizes)
+            reported = float(re.search(r"CPU compute buffer size =\s+([\d.]+) MiB", text).group(1)) * 2**20
+            req = fit.FitRequest(n_ctx=8192, flash_attn=flash, n_outputs=rows)
+            estimate = fit.compute_bytes(shape, req, output_on_gpu=True)
+            assert reported <= estimate <= 1.3 * reported + 16 * 2**20, (path.name, flash, rows)
+
+
+def test_few_logits_rows_shrink_llama_cpp_buffers():
+    with Engine(embedded.smollm2_gguf(), EngineSettings(n_gpu_layers=0)) as engine:
+        sizes = {}
+        for rows in (None, 4):
+            engine.open_context(2048, n_seq_max=4, logits_rows=rows)
             text = "\n".join(engine.buffer_sizes)
-        reported = float(re.search(r"CPU compute buffer size =\s+([\d.]+) MiB", text).group(1)) * 2**20
-        estimate = fit.compute_bytes(shape, fit.FitRequest(n_ctx=8192, flash_attn=flash), output_on_gpu=True)
-        assert reported <= estimate <= 1.3 * reported
+            sizes[rows] = float(re.search(r"compute buffer size =\s+([\d.]+) MiB", text).group(1))
+        assert engine.logits_rows == 4
+        # 512 rows of 49,152 logits are 96 MiB of the buffer; 4 rows are 0.75 MiB.
+        assert sizes[None] - sizes[4] > 75
+        engine.open_context(2048, n_seq_max=4, logits_rows=1)
+        assert engine.logits_rows == 4  # llama.cpp keeps one row per sequence at least
+        with pytest.raises(ToolkitError, match="logits rows"):
+            engine.score(list(range(100, 700)), 1, lambda i, row: None)
+
+
+def test_layers_left_on_the_cpu_cost_a_weight_copy_on_the_gpu():
+    shape = llama3_8b_q4_k_m()
+    req = fit.FitRequest(n_ctx=16 * 2048, n_outputs=16)
+    everything = fit.compute_bytes(shape, req, True)
+    partial = fit.compute_bytes(shape, req, False, range(4))
+    # One ffn_down copied (16 rows of logits are 8 MiB, less than the 32 MiB mask either way).
+    assert partial == everything + 48_200_000
+    # From 32 rows of logits llama.cpp computes the output layer on the GPU too, its matrix copied.
+    many = fit.FitRequest(n_ctx=16 * 2048)
+    assert fit.compute_bytes(shape, many, False, range(4)) == fit.compute_bytes(shape, many, True) + 430_000_000
 
 
 def test_shape_of_real_ggufs_accounts_for_every_weight(gemma3_gguf):
@@ -88,8 +124,8 @@ def test_more_memory_or_a_smaller_cache_never_means_fewer_layers():
 
 def test_without_flash_attention_the_scores_count():
     shape = llama3_8b_q4_k_m()
-    on = fit.compute_bytes(shape, fit.FitRequest(n_ctx=32768, flash_attn=True), True)
-    off = fit.compute_bytes(shape, fit.FitRequest(n_ctx=32768, flash_attn=False), True)
+    on = fit.compute_bytes(shape, fit.FitRequest(n_ctx=32768, n_outputs=16, flash_attn=True), True)
+    off = fit.compute_bytes(shape, fit.FitRequest(n_ctx=32768, n_outputs=16, flash_attn=False), True)
     assert off > on + 32 * 32768 * 512 * 4  # one layer's scores: heads × cells × micro-batch × f32
 
 

@@ -161,6 +161,13 @@ def test_cli_summary_and_json(tmp_path, short_prompts):
     assert summary["items"] == summary["generated"] == 8 and summary["new_tokens"] > 0
     assert "llama, Q4_1, 0/31 layers on the GPU, backend CPU" in r.stderr
     assert "context  256 tokens" in r.stderr  # fitted: longest prompt + 8, in steps of 256
+    # llama.cpp's own buffers: the weights, a 256-cell KV cache (30 layers × 768 B a cell), and a
+    # compute buffer sized for one row of logits, not 512 (those alone would be 96 MiB).
+    memory = summary["memory_mib"]
+    assert memory["CPU"]["KV"] == pytest.approx(256 * 30 * 768 / 2**20, abs=0.01)
+    assert 0 < memory["CPU"]["compute"] < 32
+    assert sum(kinds.get("model", 0) for kinds in memory.values()) > 50
+    assert "memory   " in r.stderr and "6 KV" in r.stderr
     check_contract(out)
 
 

@@ -67,6 +67,7 @@ def _measure(model: str, input_path: str, parallel: int, sampling: SamplingParam
         "wall_seconds": round(wall, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_vram_mb": round(peak[0] / 2**20, 1) if has_gpu else None,
+        "memory_mib": r.memory,  # llama.cpp's own buffers (weights, KV, compute) by device
     }
 
 

@@ -442,6 +442,7 @@ def print_infer_result(r, as_json: bool = False) -> None:
         "answer_form_checked": r.form_checked, "parallel": r.parallel, "n_ctx": r.n_ctx,
         "layers_on_gpu": f"{r.load.layers_offloaded}/{r.load.layers_total}", "backend": r.load.backend,
         "llama_cpp_offload_log": r.load.offload_log,
+        "memory_mib": r.memory,
     }
     if as_json:
         print(json.dumps(summary, ensure_ascii=False))

@@ -56,7 +56,8 @@ def fit_report(model: Path, n_ctx: int, parallel: int, free_bytes: int | None, c
     if free_bytes is None:
         free_bytes = sum(d.free_bytes for d in backend.gpus())
     cells = n_ctx * max(1, parallel)
-    req = fit.FitRequest(n_ctx=cells, n_ubatch=min(512, cells), cache_type=cache_type, flash_attn=flash_attn)
+    req = fit.FitRequest(n_ctx=cells, n_ubatch=min(512, cells), n_outputs=max(1, parallel), cache_type=cache_type,
+                         flash_attn=flash_attn)
     plan = fit.plan(fit.shape_of(model, header), req, free_bytes)
     return {
         "request": f"{Path(model).name}: {parallel} × {n_ctx} tokens = {cells} KV cells ({cache_type}), "

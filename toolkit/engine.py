@@ -23,6 +23,18 @@ from .errors import AdapterMismatch, DecodeFailed, InvalidAdapter, LoadFailed, T
 from .sampler import Sampler
 
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+_BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output) buffer size =\s+([\d.]+) MiB")
+
+
+def buffers_of(lines) -> dict[str, dict[str, float]]:
+    """llama.cpp's allocations as it logs them, MiB by buffer type (CUDA0, CPU_Mapped, CUDA_Host …)
+    and kind (model, KV, compute, output)."""
+    out: dict[str, dict[str, float]] = {}
+    for line in lines:
+        if m := _BUFFER.search(line):
+            kinds = out.setdefault(m.group(1), {})
+            kinds[m.group(2)] = kinds.get(m.group(2), 0.0) + float(m.group(3))
+    return out
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,9 @@ class Engine:
         self.model = None
         self.ctx = None
         self.n_ctx = 0
+        self.logits_rows = 0
+        self.model_buffer_lines: list[str] = []
+        self.buffer_sizes: list[str] = []
         self.fit_plan: fit.FitPlan | None = None
         self.adapter = None
         llama_cpp.llama_backend_init()
@@ -95,6 +110,7 @@ class Engine:
             self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self.model:
             raise LoadFailed(f"llama.cpp cannot load {self.path.name}: {log.last_error() or 'unknown reason'}")
+        self.model_buffer_lines = [ln.strip() for ln in log.lines if _BUFFER.search(ln)]
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         n_layer = self.header.block_count or 0
@@ -120,9 +136,9 @@ class Engine:
         """Whether generation will run on a GPU (for "auto": whether there is one)."""
         return bool(self.info.layers_offloaded) if self._placed else bool(backend.gpus())
 
-    def place(self, n_ctx: int) -> fit.FitPlan | None:
-        """For --n-gpu-layers auto: plan the layers for a context of n_ctx cells and load the
-        weights. Does nothing once the weights are loaded."""
+    def place(self, n_ctx: int, logits_rows: int | None = None) -> fit.FitPlan | None:
+        """For --n-gpu-layers auto: plan the layers for a context of n_ctx cells (and logits_rows,
+        as open_context takes it) and load the weights. Does nothing once the weights are loaded."""
         if self._placed:
             return self.fit_plan
         gpus = backend.gpus()
@@ -130,7 +146,7 @@ class Engine:
         if self.settings.vram_limit is not None:
             free = min(free, self.settings.vram_limit) if gpus else 0
         flash = self.settings.flash_attn if self.settings.flash_attn is not None else True
-        req = fit.FitRequest(n_ctx=n_ctx, n_ubatch=min(self.settings.n_batch, n_ctx),
+        req = fit.FitRequest(n_ctx=n_ctx, n_ubatch=min(self.settings.n_batch, n_ctx), n_outputs=logits_rows,
                              cache_type=self.settings.cache_type, flash_attn=flash)
         self.fit_plan = fit.plan(fit.shape_of(self.path, self.header), req, free) if gpus else None
         self._load(self.fit_plan.n_gpu_layers if self.fit_plan else 0, vocab_only=False)
@@ -152,15 +168,23 @@ class Engine:
         return adapter
 
     # -- context -----------------------------------------------------------------------------
-    def open_context(self, n_ctx: int, n_seq_max: int = 1, kv_unified: bool = False) -> None:
+    def open_context(self, n_ctx: int, n_seq_max: int = 1, kv_unified: bool = False,
+                     logits_rows: int | None = None) -> None:
+        """A context of n_ctx cells for n_seq_max sequences. logits_rows: the most rows of logits
+        one decode asks for (generation: one per sequence); None allows a whole batch (scoring).
+        llama.cpp sizes its logits buffers and, on a GPU, the output layer's share of the compute
+        buffer by it: for a 128k vocabulary 512 rows take 250 MiB, 16 take 8."""
         import llama_cpp
 
-        self.place(n_ctx)
+        self.place(n_ctx, logits_rows)
         self.close_context()
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = min(self.settings.n_batch, n_ctx)
         cparams.n_ubatch = min(self.settings.n_batch, n_ctx)
+        # llama.cpp aborts the process (not an error code) below n_seq_max or past this in a decode.
+        self.logits_rows = cparams.n_batch if logits_rows is None else max(logits_rows, n_seq_max)
+        cparams.n_outputs_max = self.logits_rows
         cparams.n_seq_max = n_seq_max
         cparams.kv_unified = kv_unified  # one cache for all sequences: shared heads are not copied
         threads = self.settings.threads or os.cpu_count() or 1
@@ -178,7 +202,7 @@ class Engine:
             cparams.flash_attn_type = 0
         cparams.no_perf = True
         # llama.cpp's own figures for the KV cache and compute buffers (checked against fit.py).
-        self.buffer_sizes: list[str] = []
+        self.buffer_sizes = []
 
         def keep(line: str) -> None:
             if "buffer size" in line:
@@ -196,6 +220,10 @@ class Engine:
                 rc = llama_cpp.llama_set_adapters_lora(self.ctx, adapters, 1, scales)
             if rc != 0:
                 raise LoadFailed(f"llama.cpp could not apply the LoRA {self.settings.lora} to the context")
+
+    def memory(self) -> dict[str, dict[str, float]]:
+        """What llama.cpp allocated for the weights and the open context, MiB by buffer type and kind."""
+        return buffers_of(self.model_buffer_lines + self.buffer_sizes)
 
     def close_context(self) -> None:
         import llama_cpp
@@ -308,8 +336,10 @@ class Engine:
             raise ToolkitError("no context: call open_context first")
         if len(tokens) > self.n_ctx:
             raise UserError(f"a text has {len(tokens)} tokens but the context holds {self.n_ctx}")
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
         step = self.settings.n_batch
+        if self.logits_rows < min(step, len(tokens)):
+            raise ToolkitError(f"scoring needs a context opened for {step} logits rows, not {self.logits_rows}")
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
         batch = llama_cpp.llama_batch_init(step, 0, 1)
         try:
             for start in range(0, len(tokens) - 1, step):

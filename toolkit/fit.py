@@ -20,6 +20,9 @@ GIB = 2**30
 KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
                  "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32}
 MIN_MARGIN = 512 * 2**20  # the CUDA context, cuBLAS workspace, fragmentation
+# From this many rows, llama.cpp's CUDA backend runs an op whose weight stays on the CPU on the
+# GPU anyway, copying the weight into its compute buffer (ggml-cuda's op_offload_min_batch_size).
+OP_OFFLOAD_MIN_BATCH = 32
 MARGIN_FRACTION = 0.05
 KV_PAD = 256  # llama.cpp rounds the cache up to this many cells
 
@@ -42,6 +45,9 @@ class ModelShape:
     n_vocab: int
     layer_bytes: tuple[int, ...]  # weights of each repeating layer
     output_bytes: int  # output norm + output matrix (the tied embedding when there is none)
+    largest_tensor: tuple[int, ...] = ()  # each layer's largest weight (what one offloaded op copies)
+    output_matrix_bytes: int = 0
+    n_masks: int = 1  # attention masks in the graph: two with sliding-window layers (gemma 2/3 …)
 
 
 def shape_of(path: Path, header: gguf.GGUFFile | None = None) -> ModelShape:
@@ -69,26 +75,32 @@ def shape_of(path: Path, header: gguf.GGUFFile | None = None) -> ModelShape:
     head_dim_v = number("attention.value_length", n_embd // n_head)
 
     layer_bytes = [0] * n_layer
+    largest = [0] * n_layer
     output_bytes = 0
     tensors = {t.name: t for t in header.tensors}
     for t in header.tensors:
         m = _BLOCK.match(t.name)
         if m and int(m.group(1)) < n_layer:
             layer_bytes[int(m.group(1))] += t.nbytes
+            largest[int(m.group(1))] = max(largest[int(m.group(1))], t.nbytes)
         elif t.name.startswith("output"):
             output_bytes += t.nbytes
     embd = tensors.get("token_embd.weight")
+    output_matrix = tensors.get("output.weight", embd)
     if "output.weight" not in tensors and embd is not None:
         output_bytes += embd.nbytes  # tied: llama.cpp duplicates the embedding for the output layer
     n_vocab = int(meta.get(f"{arch}.vocab_size") or (embd.shape[-1] if embd is not None else 0))
     return ModelShape(n_layer, n_embd, number("feed_forward_length"), n_head, n_head_kv, head_dim_k,
-                      head_dim_v, n_vocab, tuple(layer_bytes), output_bytes)
+                      head_dim_v, n_vocab, tuple(layer_bytes), output_bytes, tuple(largest),
+                      output_matrix.nbytes if output_matrix is not None else 0,
+                      2 if meta.get(f"{arch}.attention.sliding_window") else 1)
 
 
 @dataclass(frozen=True)
 class FitRequest:
     n_ctx: int  # KV cells in all (every sequence together)
     n_ubatch: int = 512
+    n_outputs: int | None = None  # logits rows per micro-batch (infer: one per sequence); None: n_ubatch
     cache_type: str = "f16"
     flash_attn: bool = True
 
@@ -125,17 +137,30 @@ def kv_bytes_per_layer(shape: ModelShape, layer: int, req: FitRequest) -> int:
     return int(cells * per_cell * KV_TYPE_BYTES[req.cache_type])
 
 
-def compute_bytes(shape: ModelShape, req: FitRequest, output_on_gpu: bool) -> int:
-    """llama.cpp's graph buffer: the larger of the logits (when the output layer is on the GPU)
-    and one layer's attention scores (flash attention off), plus one micro-batch of activations.
-    Checked against llama.cpp's reported buffer (SmolLM2, u=512): 8192 cells 166 MiB without
-    flash attention (estimate 181), 98 MiB with it (112); 2048 cells 99 MiB (112)."""
+def compute_bytes(shape: ModelShape, req: FitRequest, output_on_gpu: bool, cpu_layers: range = range(0)) -> int:
+    """llama.cpp's graph buffer on the GPU: one micro-batch of activations, plus the larger of
+    the logits and the attention's own memory (the mask, kept for the whole graph, and without
+    flash attention one layer's scores), plus, when layers stay on the CPU, the weight copied
+    for an op llama.cpp offloads anyway (one at a time: a new graph split starts at each, and
+    its copy reuses the last one's memory).
+    Against llama.cpp's reported buffer (CPU, u=512; tests/test_fit.py): SmolLM2 8192 cells,
+    one logits row: 21.5 MiB with flash attention (estimate 23.8), 166 without (176);
+    512 rows: 98 MiB (112)."""
     cells = round_up(req.n_ctx)
     u = min(req.n_ubatch, cells)
+    outputs = min(req.n_outputs or u, u)
     activations = u * (6 * shape.n_embd + 3 * max(shape.n_ff, shape.n_embd)) * 4
-    scores = 0 if req.flash_attn else int(1.15 * shape.n_head * cells * u * 4)
-    logits = u * shape.n_vocab * 4 if output_on_gpu else 0
-    return max(logits, scores) + activations
+    mask = cells * u * (2 if req.flash_attn else 4) * shape.n_masks  # f16 for flash attention
+    scores = 0 if req.flash_attn else shape.n_head * cells * u * 4
+    # The output layer runs on the GPU where it lives, or, from enough rows, as an offloaded op.
+    output_offloaded = not output_on_gpu and outputs >= OP_OFFLOAD_MIN_BATCH
+    logits = outputs * shape.n_vocab * 4 if output_on_gpu or output_offloaded else 0
+    copied = 0
+    if u >= OP_OFFLOAD_MIN_BATCH and shape.largest_tensor:  # a prompt's micro-batch: layers' ops
+        copied = max((shape.largest_tensor[i] for i in cpu_layers), default=0)
+    if output_offloaded:
+        copied = max(copied, shape.output_matrix_bytes)
+    return max(logits, mask + scores) + activations + copied
 
 
 def plan(shape: ModelShape, req: FitRequest, free_bytes: int) -> FitPlan:
@@ -145,11 +170,12 @@ def plan(shape: ModelShape, req: FitRequest, free_bytes: int) -> FitPlan:
     best = None
     # Try from everything down; the offloaded layers are always the last ones.
     for n in range(shape.n_layer + 1, -1, -1):
-        layers = range(shape.n_layer - min(n, shape.n_layer), shape.n_layer)
+        on_cpu = range(shape.n_layer - min(n, shape.n_layer))
+        layers = range(on_cpu.stop, shape.n_layer)
         output = n > shape.n_layer
         weights = sum(shape.layer_bytes[i] for i in layers) + (shape.output_bytes if output else 0)
         kv = sum(kv_bytes_per_layer(shape, i, req) for i in layers)
-        compute = compute_bytes(shape, req, output) if n else 0
+        compute = compute_bytes(shape, req, output, on_cpu)
         best = FitPlan(n, shape.n_layer, free_bytes, margin, weights, kv, compute)
         if weights + kv + compute <= budget:
             break

@@ -57,6 +57,7 @@ class InferResult:
     parallel: int = 1
     lora: Path | None = None
     lora_scale: float = 1.0
+    memory: dict[str, dict[str, float]] = field(default_factory=dict)  # llama.cpp's buffers, MiB
 
     @property
     def tokens_per_second(self) -> float:
@@ -198,7 +199,11 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
             raise UserError(f"the longest prompt has {longest} tokens but the context is {n_ctx}; raise --n-ctx")
         if plan and n_ctx < plan.n_ctx:  # a user's --n-ctx below what this run may need
             _check_batched_context(n_ctx, plan, parallel, longest, unified)
-        placed = None if settings.dry_run else engine.place(n_ctx)  # auto: the context size is known now
+        # A decode asks for one row of logits per sequence at most (llama.cpp counts the shared
+        # heads' sequences too): sized for that, not for a whole 512-token batch, its logits
+        # buffers take a few MiB instead of hundreds, on the GPU too.
+        n_seq = parallel + len(plan.prefixes) if plan else 1
+        placed = None if settings.dry_run else engine.place(n_ctx, logits_rows=n_seq)  # auto: the context size is known now
         if placed:
             console.err.print(placed.describe())
         result = InferResult(output, model_path, engine.info, n_ctx, len(items), resumed=len(previous),
@@ -212,6 +217,9 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
 
         specials = engine.control_token_texts()
         outputs = {k: {"answer": a} for k, a in previous.items()}
+        engine.open_context(n_ctx, n_seq_max=n_seq, kv_unified=unified and plan is not None, logits_rows=n_seq)
+        result.memory = engine.memory()
+        console.err.print(describe_memory(result.memory), soft_wrap=True)
         started = time.perf_counter()
         with _progress() as progress:
             task = progress.add_task("infer", total=len(todo), tps=0.0)
@@ -226,7 +234,6 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
                 progress.update(task, advance=1, tps=result.tokens_per_second)
 
             if plan is None:
-                engine.open_context(n_ctx)
                 for item in todo:
                     key = dataset.item_key(item)
                     sampler = Sampler(params, token_ids[key], engine.n_vocab, item_seed(params.seed, key))
@@ -236,7 +243,6 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
                     result.gen_seconds += gen.gen_seconds
                     done(key, gen)
             else:
-                engine.open_context(n_ctx, n_seq_max=parallel + len(plan.prefixes), kv_unified=unified)
                 keys = [dataset.item_key(i) for i in todo]
                 # A generator: each sampler (a vocab-sized array) is made when its slot starts.
                 requests = (Request(key, token_ids[key],
@@ -258,6 +264,12 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
                 result.form_checked += 1
                 result.missing_form += not has_answer_form(outputs[dataset.item_key(item)]["answer"])
         return result
+
+
+def describe_memory(memory: dict[str, dict[str, float]]) -> str:
+    """llama.cpp's buffers in one line: `memory   CUDA0: 4403 model, 4096 KV, 164 compute · … (MiB)`."""
+    parts = [f"{name}: " + ", ".join(f"{mib:.0f} {kind}" for kind, mib in kinds.items()) for name, kinds in memory.items()]
+    return "memory   " + " · ".join(parts) + " (MiB)"
 
 
 def _print_header(r: InferResult) -> None:

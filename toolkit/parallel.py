@@ -172,7 +172,8 @@ class ParallelDecoder:
             n_gen_rows = 0
             prefilling = [sl for sl in slots if sl is not None and sl.cursor < len(sl.req.prompt)]
             generate = not (self.invariant and prefilling)
-            # One token for every generating slot (invariant runs: a few, taken in turn).
+            # One token for every generating slot (invariant runs: a few, taken in turn). A slot
+            # asks for one row of logits at most: the context holds one per sequence, no more.
             waiting = [sl for sl in slots if sl is not None and sl.pending is not None] if generate else []
             if self.invariant and len(waiting) > INVARIANT_ROWS:
                 start = self.stats.steps % len(waiting)
