@@ -6,22 +6,23 @@
 #   2. an HF checkpoint of Llama-3-8B's shape: random bf16 weights, Llama-3's real tokenizer
 #   3. toolkit quantize --q4_k_m (BF16 intermediate kept)
 #   4. toolkit infer on 504 questions (the samples × 63), every layer on the GPU
-#   5. toolkit bench at --parallel 1, 4, 16
-#   6. --n-gpu-layers auto with --vram-limit 6 on the 15 GiB BF16 file (must stay under 6 GiB)
+#   5. --n-gpu-layers auto with --vram-limit 6 on the 15 GiB BF16 file (must stay under 6 GiB)
+#   6. toolkit bench at --parallel 1, 4, 16
 #   7. llama.cpp's own llama-bench on the Q4_K_M file, built in step 1's build tree
 #
 # device run:  bash scripts/gpu_check.sh          carry [".gpu"], timeout 600; figures in $OUT
 # a rehearsal here, on the CPU, with a 4-layer model:  TINY=1 PY=.venv/bin/python bash scripts/gpu_check.sh
 #
-# Each step is skipped when its result is already there, so a rerun on the still-warm machine
-# goes on where a timeout stopped it. STEPS="build model quantize infer bench auto llamabench" picks steps.
+# Each step is skipped when its result is already in $WORK, so a rerun on the still-warm machine
+# goes on where a timeout stopped it ($OUT is a new empty folder on every device call: the
+# figures so far are copied back into it). STEPS="build model quantize infer auto bench llamabench" picks steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 PY=${PY:-python3}
 OUT=${OUT:-/tmp/gpu_check_out}
 WORK=${WORK:-/tmp/gpu_check}
-STEPS=${STEPS:-build model quantize infer bench llamabench auto}
+STEPS=${STEPS:-build model quantize infer auto bench llamabench}
 TINY=${TINY:-}
 SHAPE=${SHAPE:-$([ -n "$TINY" ] && echo tiny || echo llama3-8b)}  # SHAPE=tiny on the GPU: a quick smoke run
 NEW_TOKENS=${NEW_TOKENS:-$([ -n "$TINY" ] && echo 16 || echo 64)}
@@ -30,12 +31,15 @@ BENCH_REPEAT=${BENCH_REPEAT:-$([ -n "$TINY" ] && echo 1 || echo 4)}
 mkdir -p "$OUT" "$WORK"
 LOG="$OUT/gpu_check.log"
 exec > >(tee -a "$LOG") 2>&1
+# Results live in $WORK; $OUT gets a copy of each as it is made (and all earlier ones on a rerun).
+keep() { [ "$WORK" = "$OUT" ] || cp "$WORK/$1" "$OUT/$1" 2>/dev/null || true; }
+for f in figures.txt infer.summary.json auto.summary.json bench.json llama-bench.md; do keep "$f"; done
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=160  # a crash in llama.cpp shows the Python stack
 
 step() { [[ " $STEPS " == *" $1 "* ]]; }
 clock() { date +%s.%N; }
 took() { "$PY" -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(clock)"; }
-record() { echo "$1=$2" >> "$OUT/figures.txt"; echo "## $1 = $2"; }
+record() { echo "$1=$2" >> "$WORK/figures.txt"; keep figures.txt; echo "## $1 = $2"; }
 # llama.cpp's own buffers on the GPU (weights + KV + compute, MiB) from an infer --json summary.
 gpu_buffers() { "$PY" -c "
 import json, sys
@@ -49,6 +53,7 @@ vram_watch() {
   (while true; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; sleep 0.2; done) > "$WORK/vram.$1" 2>/dev/null &
   echo $! > "$WORK/vram.pid"
 }
+trap '[ -f "$WORK/vram.pid" ] && kill "$(cat "$WORK/vram.pid")" 2>/dev/null' EXIT  # a failed step leaves no watcher
 vram_peak() {
   [ -f "$WORK/vram.pid" ] || return 0
   kill "$(cat "$WORK/vram.pid")" 2>/dev/null; rm -f "$WORK/vram.pid"
@@ -156,12 +161,13 @@ if step quantize && [ ! -f "$Q4" ]; then
     mv "$Q4.partial" "$Q4"
     record llama_quantize_fallback_seconds "$(took "$t0")"
   fi
-  [ -f "$MODELS/$NAME/manifest.json" ] && "$PY" - "$MODELS/$NAME/manifest.json" >> "$OUT/figures.txt" <<'EOF'
+  [ -f "$MODELS/$NAME/manifest.json" ] && "$PY" - "$MODELS/$NAME/manifest.json" >> "$WORK/figures.txt" <<'EOF'
 import json, sys
 m = json.load(open(sys.argv[1]))
 for t, f in m["files"].items():
     print(f"{t}_seconds={f['seconds']}\n{t}_size_bytes={f['size']}\n{t}_bits_per_weight={f['bits_per_weight']}")
 EOF
+  keep figures.txt
   "${TK[@]}" inspect "$Q4"
 fi
 
@@ -180,22 +186,16 @@ if step infer && [ ! -f "$WORK/infer$N.json" ]; then
   vram_watch infer
   t0=$(clock)
   "${TK[@]}" infer "$QUESTIONS" --model "$Q4" --output "$WORK/infer$N.json.partial" --max-new-tokens "$NEW_TOKENS" --json \
-    | tee "$OUT/infer$N.summary.json" || exit 1
+    | tee "$WORK/infer.summary.json" || exit 1
+  keep infer.summary.json
   mv "$WORK/infer$N.json.partial" "$WORK/infer$N.json"
   record "infer${N}_wall_seconds" "$(took "$t0")"
   vram_peak infer
-  record infer_llama_cpp_gpu_buffers_mib "$(gpu_buffers "$OUT/infer$N.summary.json")"
+  record infer_llama_cpp_gpu_buffers_mib "$(gpu_buffers "$WORK/infer.summary.json")"
 fi
 
-if step bench && [ ! -f "$OUT/bench.json" ]; then
-  echo "== 5. toolkit bench --parallel 1/4/16 ($((8 * BENCH_REPEAT)) questions, $NEW_TOKENS new tokens)"
-  "${TK[@]}" bench "$Q4" --repeat "$BENCH_REPEAT" --parallel 1 --parallel 4 --parallel 16 --max-new-tokens "$NEW_TOKENS" --json \
-    > "$WORK/bench.json.partial" || exit 1
-  mv "$WORK/bench.json.partial" "$OUT/bench.json" && cat "$OUT/bench.json"
-fi
-
-if step auto && [ ! -f "$OUT/auto.summary.json" ]; then
-  echo "== 6. --n-gpu-layers auto --vram-limit 6 on the BF16 file"
+if step auto && [ ! -f "$WORK/auto.summary.json" ]; then
+  echo "== 5. --n-gpu-layers auto --vram-limit 6 on the BF16 file"
   "$PY" -c "
 import json
 from toolkit import demo
@@ -206,22 +206,33 @@ json.dump(items, open('$WORK/questions8.json', 'w'), ensure_ascii=False)
   vram_watch auto
   t0=$(clock)
   "${TK[@]}" infer "$WORK/questions8.json" --model "$BF16" --output "$WORK/auto8.json" --n-gpu-layers auto \
-    --vram-limit 6 --parallel 4 --max-new-tokens 16 --json | tee "$OUT/auto.summary.json" || exit 1
+    --vram-limit 6 --parallel 4 --max-new-tokens 16 --no-resume --json | tee "$WORK/auto.summary.json.partial" || exit 1
+  mv "$WORK/auto.summary.json.partial" "$WORK/auto.summary.json" && keep auto.summary.json
   record auto_wall_seconds "$(took "$t0")"
   vram_peak auto
   # The acceptance line: what llama.cpp allocated on the GPU stays under the 6 GiB (6144 MiB) cap.
-  record auto_llama_cpp_gpu_buffers_mib "$(gpu_buffers "$OUT/auto.summary.json")"
+  record auto_llama_cpp_gpu_buffers_mib "$(gpu_buffers "$WORK/auto.summary.json")"
+fi
+
+if step bench && [ ! -f "$WORK/bench.json" ]; then
+  echo "== 6. toolkit bench --parallel 1/4/16 ($((8 * BENCH_REPEAT)) questions, $NEW_TOKENS new tokens)"
+  "${TK[@]}" bench "$Q4" --repeat "$BENCH_REPEAT" --parallel 1 --parallel 4 --parallel 16 --max-new-tokens "$NEW_TOKENS" --json \
+    > "$WORK/bench.json.partial" || exit 1
+  mv "$WORK/bench.json.partial" "$WORK/bench.json" && keep bench.json && cat "$WORK/bench.json"
 fi
 
 # llama.cpp's own llama-bench from the same source, same file: the yardstick for bench's figures.
 LB="$BUILD/bin/llama-bench"
-if step llamabench && [ -z "$TINY" ] && [ -x "$LB" ]; then
+if step llamabench && [ -z "$TINY" ] && [ ! -x "$LB" ]; then
+  record llama_bench "skipped: no build tree (the prebuilt runtime was used; NO_PREBUILT=1 builds one)"
+elif step llamabench && [ -z "$TINY" ] && [ ! -f "$WORK/llama-bench.md" ]; then
   echo "== 7. llama-bench (llama.cpp's yardstick: same commit, same build, same file)"
-  "$LB" -m "$Q4" -ngl 99 -fa 1 -p 512 -n 128 -r 3 -o md | tee "$OUT/llama-bench.md"
+  "$LB" -m "$Q4" -ngl 99 -fa 1 -p 512 -n 128 -r 3 -o md | tee "$WORK/llama-bench.md"
   # and its batched counterpart: prompts of 128 tokens, 64 new tokens, 1/4/16 sequences at once
   "$BUILD/bin/llama-batched-bench" -m "$Q4" -ngl 99 -fa on -c 4096 -npp 128 -ntg 64 -npl 1,4,16 2>/dev/null \
-    | grep "^|" | tee -a "$OUT/llama-bench.md"
+    | grep "^|" | tee -a "$WORK/llama-bench.md"
+  keep llama-bench.md
 fi
 
 echo "== figures"
-cat "$OUT/figures.txt"
+cat "$WORK/figures.txt"

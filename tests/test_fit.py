@@ -71,12 +71,12 @@ def test_layers_left_on_the_cpu_cost_a_weight_copy_on_the_gpu():
     shape = llama3_8b_q4_k_m()
     req = fit.FitRequest(n_ctx=16 * 2048, n_outputs=16)
     everything = fit.compute_bytes(shape, req, True)
-    partial = fit.compute_bytes(shape, req, False, range(4))
-    # One ffn_down copied (16 rows of logits are 8 MiB, less than the 32 MiB mask either way).
-    assert partial == everything + 48_200_000
-    # From 32 rows of logits llama.cpp computes the output layer on the GPU too, its matrix copied.
+    assert fit.compute_bytes(shape, req, True, range(4)) == everything + 48_200_000  # one ffn_down copied
+    # With the output layer on the CPU too (-ngl 0), from 32 rows of logits llama.cpp computes
+    # it on the GPU as well, its matrix copied.
     many = fit.FitRequest(n_ctx=16 * 2048)
-    assert fit.compute_bytes(shape, many, False, range(4)) == fit.compute_bytes(shape, many, True) + 430_000_000
+    assert fit.compute_bytes(shape, many, False, range(32)) == fit.compute_bytes(shape, many, True) + 430_000_000
+    assert fit.compute_bytes(shape, req, False, range(32)) == everything + 48_200_000  # 16 rows stay on the CPU
 
 
 def test_shape_of_real_ggufs_accounts_for_every_weight(gemma3_gguf):
@@ -100,16 +100,29 @@ def test_everything_fits_a_24gb_card():
 
 def test_six_gb_cap_keeps_the_first_layers_on_the_cpu():
     shape = llama3_8b_q4_k_m()
-    req = fit.FitRequest(n_ctx=16 * 2048)
+    req = fit.FitRequest(n_ctx=16 * 2048, n_outputs=16)
     plan = fit.plan(shape, req, 6 * GIB)
-    assert 0 < plan.n_gpu_layers <= shape.n_layer  # the output layer stays on the CPU too
+    assert 0 < plan.n_gpu_layers <= shape.n_layer and not plan.all_layers
+    # As llama.cpp's -ngl N: the output layer and the last N-1 repeating layers, with their KV.
+    n = plan.n_gpu_layers
+    gpu_layers = range(shape.n_layer - (n - 1), shape.n_layer)
+    assert plan.weights_bytes == shape.output_bytes + sum(shape.layer_bytes[i] for i in gpu_layers)
+    assert plan.kv_bytes == sum(fit.kv_bytes_per_layer(shape, i, req) for i in gpu_layers)
     assert plan.used_bytes <= 6 * GIB - plan.margin_bytes
     # One more layer would not fit: the plan takes the most that do.
-    n = plan.n_gpu_layers + 1
-    more = sum(shape.layer_bytes[shape.n_layer - n:]) + sum(
-        fit.kv_bytes_per_layer(shape, i, req) for i in range(shape.n_layer - n, shape.n_layer)) + fit.compute_bytes(
-        shape, req, False)
-    assert more > 6 * GIB - plan.margin_bytes
+    more = fit.plan(shape, req, 100 * GIB)  # to read the figures of n + 1 layers from
+    layer = shape.n_layer - n
+    extra = shape.layer_bytes[layer] + fit.kv_bytes_per_layer(shape, layer, req)
+    assert plan.used_bytes + extra > 6 * GIB - plan.margin_bytes and more.all_layers
+
+
+def test_one_layer_on_the_gpu_is_the_output_layer(gemma3_gguf):
+    shape = fit.shape_of(gemma3_gguf)
+    req = fit.FitRequest(n_ctx=2048, n_outputs=1)
+    one = next(fit.plan(shape, req, free) for free in range(2**29, 2**33, 2**20)
+               if fit.plan(shape, req, free).n_gpu_layers == 1)
+    assert one.weights_bytes == shape.output_bytes and one.kv_bytes == 0
+    assert "1/19 layers on the GPU" in one.describe()
 
 
 def test_more_memory_or_a_smaller_cache_never_means_fewer_layers():

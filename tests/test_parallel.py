@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_cli
 from toolkit import embedded
 from toolkit.engine import EngineSettings
 from toolkit.infer import InferSettings, infer
@@ -143,3 +143,19 @@ def test_a_sequence_stops_where_its_share_of_a_split_cache_ends(tmp_path):
                        engine=EngineSettings(batch_invariant=True, n_ctx=768))
     assert result.n_ctx == 768 and all("output" in d for d in data)
     assert result.cut_at_max_tokens >= 1 and result.new_tokens <= 2 * 256  # cut at the share, not at 400
+
+
+def test_a_context_under_512_tokens_caps_each_decode(tmp_path):
+    """With --n-ctx below 512, llama.cpp's batch is n_ctx tokens and a bigger decode aborts the
+    process (GGML_ASSERT): three 150-token prompts without a shared head must be cut to fit."""
+    items = [{"id": str(i), "input": {"question_type": t, "question": f"{i}번: 다음 {{가/나}} 중 옳은 것은? 우리는 어제 학교에서 이야기를 나누었다."}}
+             for i, t in enumerate(["선택형", "교정형", "단답형"])]  # one of each type: nothing shared
+    inp, out, prompts = tmp_path / "q.json", tmp_path / "a.json", tmp_path / "p.toml"
+    inp.write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
+    prompts.write_text('system = "짧게 답하시오."\nselection = "고르시오."\ncorrection = "고치시오."\ngeneric = "답하시오."\n',
+                       encoding="utf-8")
+    r = run_cli("infer", str(inp), "--model", str(embedded.smollm2_gguf()), "--output", str(out), "--prompts", str(prompts),
+                "--n-ctx", "300", "--parallel", "3", "--max-new-tokens", "4", "--json")
+    assert r.returncode == 0, r.stderr[-500:]
+    summary = json.loads(r.stdout)
+    assert summary["generated"] == 3 and summary["prompt_tokens"] > 300

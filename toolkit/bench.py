@@ -54,6 +54,8 @@ def _measure(model: str, input_path: str, parallel: int, sampling: SamplingParam
                                                   parallel=parallel, sampling=sampling, engine=engine))
         wall = time.perf_counter() - t0
     stop.set()
+    if watcher:
+        watcher.join()  # not polling the GPU while CUDA shuts down at exit
     return {
         "parallel": r.parallel,
         "items": r.generated,

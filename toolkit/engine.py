@@ -87,6 +87,7 @@ class Engine:
         self.model = None
         self.ctx = None
         self.n_ctx = 0
+        self.n_batch = 0
         self.logits_rows = 0
         self.model_buffer_lines: list[str] = []
         self.buffer_sizes: list[str] = []
@@ -213,6 +214,7 @@ class Engine:
         if not self.ctx:
             raise LoadFailed(f"llama.cpp cannot create a context of {n_ctx} tokens: {log.last_error() or 'out of memory?'}")
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+        self.n_batch = llama_cpp.llama_n_batch(self.ctx)  # at most n_ctx: no decode may carry more tokens
         if self.adapter:  # adapters belong to a context: set on every one we create
             adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self.adapter)
             scales = (ctypes.c_float * 1)(self.settings.lora_scale)
@@ -320,6 +322,9 @@ class Engine:
         rc = llama_cpp.llama_decode(self.ctx, llama_cpp.llama_batch_get_one(arr, len(tokens)))
         if rc != 0:
             raise DecodeFailed(f"llama.cpp could not evaluate {len(tokens)} tokens (llama_decode returned {rc})")
+        # On a GPU llama_decode returns once the work is queued: wait here, so that prompt time
+        # is prompt time (reading the logits would wait anyway).
+        llama_cpp.llama_synchronize(self.ctx)
 
     def _logits(self) -> np.ndarray:
         import llama_cpp
@@ -336,7 +341,7 @@ class Engine:
             raise ToolkitError("no context: call open_context first")
         if len(tokens) > self.n_ctx:
             raise UserError(f"a text has {len(tokens)} tokens but the context holds {self.n_ctx}")
-        step = self.settings.n_batch
+        step = self.n_batch
         if self.logits_rows < min(step, len(tokens)):
             raise ToolkitError(f"scoring needs a context opened for {step} logits rows, not {self.logits_rows}")
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
@@ -366,8 +371,8 @@ class Engine:
         if self.ctx is None:
             raise ToolkitError("no context: call open_context first")
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
-        for i in range(0, len(prompt), self.settings.n_batch):
-            self._decode(prompt[i:i + self.settings.n_batch])
+        for i in range(0, len(prompt), self.n_batch):
+            self._decode(prompt[i:i + self.n_batch])
         return self._logits().copy()
 
     def generate(self, prompt: list[int], sampler: Sampler, max_new_tokens: int) -> Generation:
@@ -379,7 +384,7 @@ class Engine:
             raise UserError(f"the prompt has {len(prompt)} tokens but the context holds {self.n_ctx}; raise --n-ctx")
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
         t0 = time.perf_counter()
-        step = self.settings.n_batch
+        step = self.n_batch
         for i in range(0, len(prompt), step):
             self._decode(prompt[i:i + step])
         t1 = time.perf_counter()

@@ -2,9 +2,10 @@
 
 `--n-gpu-layers auto` puts every layer on the GPU when the model, its KV cache and llama.cpp's
 compute buffers fit; on a smaller card it keeps the first layers on the CPU, as llama.cpp's
-own `-ngl N` does (layers n_layer-N … n_layer-1 go to the GPU, and the output layer with them
-when N = n_layer + 1). Everything is estimated from the GGUF header, before any weight is read:
-llama.cpp would otherwise fail half-way through allocating, or crawl in unified memory.
+own `-ngl N` does: the output layer goes first, then the last N-1 repeating layers
+(llama-model.cpp: i_gpu_start = n_layer + 1 - N, the output layer counting as layer n_layer).
+Everything is estimated from the GGUF header, before any weight is read: llama.cpp would
+otherwise fail half-way through allocating, or crawl in unified memory.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ class FitRequest:
 
 @dataclass(frozen=True)
 class FitPlan:
-    n_gpu_layers: int  # for llama.cpp: n_layer + 1 means every layer and the output
+    n_gpu_layers: int  # as llama.cpp's -ngl: the output layer, then N-1 repeating layers (n_layer + 1: all)
     n_layer: int
     free_bytes: int
     margin_bytes: int
@@ -124,7 +125,7 @@ class FitPlan:
         return self.n_gpu_layers > self.n_layer
 
     def describe(self) -> str:
-        layers = min(self.n_gpu_layers, self.n_layer) + (1 if self.all_layers else 0)
+        layers = min(self.n_gpu_layers, self.n_layer + 1)
         return (f"auto-fit: {layers}/{self.n_layer + 1} layers on the GPU — weights {self.weights_bytes / GIB:.2f} GiB"
                 f" + KV {self.kv_bytes / GIB:.2f} GiB + compute {self.compute_bytes / GIB:.2f} GiB"
                 f" = {self.used_bytes / GIB:.2f} of {self.free_bytes / GIB:.2f} GiB free"
@@ -168,11 +169,11 @@ def plan(shape: ModelShape, req: FitRequest, free_bytes: int) -> FitPlan:
     margin = max(MIN_MARGIN, int(free_bytes * MARGIN_FRACTION))
     budget = free_bytes - margin
     best = None
-    # Try from everything down; the offloaded layers are always the last ones.
+    # Try from everything down: the output layer leaves the GPU last, the first layers first.
     for n in range(shape.n_layer + 1, -1, -1):
-        on_cpu = range(shape.n_layer - min(n, shape.n_layer))
+        output = n >= 1
+        on_cpu = range(shape.n_layer - max(n - 1, 0))
         layers = range(on_cpu.stop, shape.n_layer)
-        output = n > shape.n_layer
         weights = sum(shape.layer_bytes[i] for i in layers) + (shape.output_bytes if output else 0)
         kv = sum(kv_bytes_per_layer(shape, i, req) for i in layers)
         compute = compute_bytes(shape, req, output, on_cpu)

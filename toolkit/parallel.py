@@ -88,7 +88,7 @@ class ParallelDecoder:
         self.invariant = invariant
         self.n_parallel = n_parallel
         self.prefixes = prefixes
-        self.n_batch = engine.settings.n_batch
+        self.n_batch = engine.n_batch  # the context's: llama.cpp aborts the process on a bigger batch
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self.stats = Stats()
 
@@ -119,6 +119,7 @@ class ParallelDecoder:
                 f"llama.cpp could not evaluate a batch of {self.batch.n_tokens} tokens (llama_decode returned {rc}); "
                 "the KV cache may be full: lower --parallel or raise --n-ctx"
             )
+        llama_cpp.llama_synchronize(self.engine.ctx)  # a GPU queues the work: time it done, not queued
 
     def _prefill_prefixes(self) -> None:
         """Evaluate each shared head once, in its own sequence after the slots' ones."""
