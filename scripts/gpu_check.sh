@@ -33,6 +33,7 @@ LOG="$OUT/gpu_check.log"
 exec > >(tee -a "$LOG") 2>&1
 # Results live in $WORK; $OUT gets a copy of each as it is made (and all earlier ones on a rerun).
 keep() { [ "$WORK" = "$OUT" ] || cp "$WORK/$1" "$OUT/$1" 2>/dev/null || true; }
+rm -f "$WORK/vram.pid"  # a killed earlier run's watcher id: never kill what now has that pid
 for f in figures.txt infer.summary.json auto.summary.json bench.json llama-bench.md; do keep "$f"; done
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 COLUMNS=160  # a crash in llama.cpp shows the Python stack
 
@@ -186,8 +187,8 @@ if step infer && [ ! -f "$WORK/infer$N.json" ]; then
   vram_watch infer
   t0=$(clock)
   "${TK[@]}" infer "$QUESTIONS" --model "$Q4" --output "$WORK/infer$N.json.partial" --max-new-tokens "$NEW_TOKENS" --json \
-    | tee "$WORK/infer.summary.json" || exit 1
-  keep infer.summary.json
+    | tee "$WORK/infer.summary.json.partial" || exit 1
+  mv "$WORK/infer.summary.json.partial" "$WORK/infer.summary.json" && keep infer.summary.json
   mv "$WORK/infer$N.json.partial" "$WORK/infer$N.json"
   record "infer${N}_wall_seconds" "$(took "$t0")"
   vram_peak infer
@@ -227,11 +228,11 @@ if step llamabench && [ -z "$TINY" ] && [ ! -x "$LB" ]; then
   record llama_bench "skipped: no build tree (the prebuilt runtime was used; NO_PREBUILT=1 builds one)"
 elif step llamabench && [ -z "$TINY" ] && [ ! -f "$WORK/llama-bench.md" ]; then
   echo "== 7. llama-bench (llama.cpp's yardstick: same commit, same build, same file)"
-  "$LB" -m "$Q4" -ngl 99 -fa 1 -p 512 -n 128 -r 3 -o md | tee "$WORK/llama-bench.md"
+  "$LB" -m "$Q4" -ngl 99 -fa 1 -p 512 -n 128 -r 3 -o md | tee "$WORK/llama-bench.md.partial" || exit 1
   # and its batched counterpart: prompts of 128 tokens, 64 new tokens, 1/4/16 sequences at once
   "$BUILD/bin/llama-batched-bench" -m "$Q4" -ngl 99 -fa on -c 4096 -npp 128 -ntg 64 -npl 1,4,16 2>/dev/null \
-    | grep "^|" | tee -a "$WORK/llama-bench.md"
-  keep llama-bench.md
+    | grep "^|" | tee -a "$WORK/llama-bench.md.partial" || exit 1
+  mv "$WORK/llama-bench.md.partial" "$WORK/llama-bench.md" && keep llama-bench.md
 fi
 
 echo "== figures"

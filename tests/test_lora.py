@@ -2,6 +2,7 @@
 LoRA against the merged file, and the errors a user sees."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -211,6 +212,7 @@ def test_infer_with_lora(runtime_lora, base_ggufs, tmp_path):
                 "--system-prompt", "Answer.", "--selection-prompt", "Choose.")  # short prompts: a fast test
     assert r.returncode == 0, r.stderr
     assert f"lora     {runtime_lora.path} (scale 0.5)" in r.stderr
+    assert re.search(r"memory   .*\d+ LoRA", r.stderr)  # the adapter's buffer in llama.cpp's figures
     # Answers with a LoRA are another model's: their own file, never resumed from the base's.
     out = tmp_path / f"q.smol-Q8_0+{runtime_lora.path.stem}.json"
     assert len(json.loads(out.read_text(encoding="utf-8"))) == 2

@@ -48,14 +48,16 @@ def _measure(model: str, input_path: str, parallel: int, sampling: SamplingParam
     watcher = threading.Thread(target=_watch_vram, args=(stop, peak), daemon=True) if has_gpu else None
     if watcher:
         watcher.start()
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        r = infer(Path(input_path), InferSettings(model=Path(model), output=Path(tmp) / "out.json", resume=False,
-                                                  parallel=parallel, sampling=sampling, engine=engine))
-        wall = time.perf_counter() - t0
-    stop.set()
-    if watcher:
-        watcher.join()  # not polling the GPU while CUDA shuts down at exit
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            r = infer(Path(input_path), InferSettings(model=Path(model), output=Path(tmp) / "out.json", resume=False,
+                                                      parallel=parallel, sampling=sampling, engine=engine))
+            wall = time.perf_counter() - t0
+    finally:
+        stop.set()
+        if watcher:
+            watcher.join()  # not polling the GPU while CUDA shuts down at exit
     return {
         "parallel": r.parallel,
         "items": r.generated,

@@ -23,12 +23,12 @@ from .errors import AdapterMismatch, DecodeFailed, InvalidAdapter, LoadFailed, T
 from .sampler import Sampler
 
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
-_BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output) buffer size =\s+([\d.]+) MiB")
+_BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output|LoRA) buffer size =\s+([\d.]+) MiB")
 
 
 def buffers_of(lines) -> dict[str, dict[str, float]]:
     """llama.cpp's allocations as it logs them, MiB by buffer type (CUDA0, CPU_Mapped, CUDA_Host …)
-    and kind (model, KV, compute, output)."""
+    and kind (model, KV, compute, output, LoRA)."""
     out: dict[str, dict[str, float]] = {}
     for line in lines:
         if m := _BUFFER.search(line):
@@ -162,6 +162,7 @@ class Engine:
             raise InvalidAdapter(f"{path.name} is not a GGUF LoRA adapter (make one with `toolkit lora ADAPTER --base BASE`)")
         with llama_log.capture() as log:
             adapter = llama_cpp.llama_adapter_lora_init(self.model, str(path).encode())
+        self.model_buffer_lines += [ln.strip() for ln in log.lines if _BUFFER.search(ln)]
         if not adapter:
             # llama.cpp checks architecture and every tensor's shape against the model.
             reason = log.last_error() or "unknown reason"
