@@ -85,11 +85,12 @@ def check_output(output: Path, items: list[dict]) -> list[dict]:
             raise InvalidInput(f"{output} exists and is not an answers file; choose another --output")
         if {str(i.get("id")) for i in held} - {item_key(i) for i in items}:
             raise InvalidInput(f"{output} holds other questions than this input; choose another --output")
-    try:  # the directory: can the temporary file beside the output be made there?
+    probe = partial_path(output)  # the temporary file beside the output: can it be made there?
+    try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        with open(partial_path(output), "w", encoding="utf-8"):
+        with open(probe, "w", encoding="utf-8"):
             pass
-        partial_path(output).unlink()
+        probe.unlink()
     except OSError as e:
         raise OutputNotWritable(f"{output}: cannot write there ({e.strerror})") from None
     return held

@@ -26,6 +26,15 @@ _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 _BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output|LoRA) buffer size =\s+([\d.]+) MiB")
 
 
+def _keep_buffer_lines(into: list[str]) -> Callable[[str], None]:
+    """A log hook: llama.cpp's buffer-size lines, as they come (its debug lines run to hundreds
+    per load or context, more than the log tail keeps)."""
+    def hook(line: str) -> None:
+        if _BUFFER.search(line):
+            into.append(line.strip())
+    return hook
+
+
 def buffers_of(lines) -> dict[str, dict[str, float]]:
     """llama.cpp's allocations as it logs them, MiB by buffer type (CUDA0, CPU_Mapped, CUDA_Host …)
     and kind (model, KV, compute, output, LoRA)."""
@@ -107,11 +116,11 @@ class Engine:
         mparams.n_gpu_layers = n_gpu_layers if n_gpu_layers >= 0 else 1_000_000
         mparams.vocab_only = vocab_only
         mparams.use_extra_bufts = not self.settings.batch_invariant  # the CPU's repacked weights
-        with llama_log.capture() as log:
+        self.model_buffer_lines = []
+        with llama_log.capture(_keep_buffer_lines(self.model_buffer_lines)) as log:
             self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self.model:
             raise LoadFailed(f"llama.cpp cannot load {self.path.name}: {log.last_error() or 'unknown reason'}")
-        self.model_buffer_lines = [ln.strip() for ln in log.lines if _BUFFER.search(ln)]
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         n_layer = self.header.block_count or 0
@@ -160,9 +169,8 @@ class Engine:
         info = gguf.read(path)
         if info.metadata.get("general.type") != "adapter":
             raise InvalidAdapter(f"{path.name} is not a GGUF LoRA adapter (make one with `toolkit lora ADAPTER --base BASE`)")
-        with llama_log.capture() as log:
+        with llama_log.capture(_keep_buffer_lines(self.model_buffer_lines)) as log:
             adapter = llama_cpp.llama_adapter_lora_init(self.model, str(path).encode())
-        self.model_buffer_lines += [ln.strip() for ln in log.lines if _BUFFER.search(ln)]
         if not adapter:
             # llama.cpp checks architecture and every tensor's shape against the model.
             reason = log.last_error() or "unknown reason"
@@ -205,12 +213,7 @@ class Engine:
         cparams.no_perf = True
         # llama.cpp's own figures for the KV cache and compute buffers (checked against fit.py).
         self.buffer_sizes = []
-
-        def keep(line: str) -> None:
-            if "buffer size" in line:
-                self.buffer_sizes.append(line.strip())
-
-        with llama_log.capture(keep) as log:
+        with llama_log.capture(_keep_buffer_lines(self.buffer_sizes)) as log:
             self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             raise LoadFailed(f"llama.cpp cannot create a context of {n_ctx} tokens: {log.last_error() or 'out of memory?'}")

@@ -116,20 +116,19 @@ def _output(path: Path, entry: dict, status: str) -> OutputFile:
                       entry["sha256"], entry["seconds"], status, entry.get("intermediate", False))
 
 
-def _imatrix(settings: QuantizeSettings, intermediate: Path, directory: Path, name: str, man: dict,
-             result: QuantizeResult) -> Path:
-    """The matrix to quantize with: the given file, or one computed on the calibration items
-    (reused while the intermediate's source and the calibration text are unchanged)."""
+def _imatrix(settings: QuantizeSettings, calibration_items: list[dict] | None, intermediate: Path, directory: Path,
+             name: str, man: dict, result: QuantizeResult) -> Path:
+    """The matrix to quantize with: the given file (checked by _check_inputs), or one computed
+    on the calibration items (reused while the intermediate's source and the calibration text
+    are unchanged)."""
     from . import imatrix as imx
 
     if settings.imatrix != "auto":
         given = Path(settings.imatrix).expanduser()
-        if not given.is_file():
-            raise UserError(f"{given}: no such imatrix file (or use --imatrix auto)")
         result.imatrix = {"file": str(given.resolve()), "sha256": sha256_file(given), "calibration": "given file"}
         return given
-    if settings.calibration:
-        items, source = imx.load_items(settings.calibration), settings.calibration.name
+    if calibration_items is not None:
+        items, source = calibration_items, settings.calibration.name
     else:
         items, source = imx.default_items()
     with Engine(intermediate, EngineSettings(n_gpu_layers="auto")) as vocab:  # vocabulary only
@@ -148,8 +147,9 @@ def _imatrix(settings: QuantizeSettings, intermediate: Path, directory: Path, na
     return path
 
 
-def _check_inputs(settings: QuantizeSettings, types: list[str]) -> None:
-    """What can be refused from the options alone, before any download or conversion."""
+def _check_inputs(settings: QuantizeSettings, types: list[str]) -> list[dict] | None:
+    """What can be refused from the options alone, before any download or conversion. Returns
+    the --calibration items, read and checked once here."""
     if settings.calibration and settings.imatrix != "auto":
         raise UserError("--calibration is the text for --imatrix auto: add --imatrix auto" if settings.imatrix is None
                         else "--calibration is only used by --imatrix auto, and an imatrix file was given: drop one of them")
@@ -160,15 +160,16 @@ def _check_inputs(settings: QuantizeSettings, types: list[str]) -> None:
             raise imatrix_required(needing)
     elif settings.imatrix != "auto" and not Path(settings.imatrix).expanduser().is_file():
         raise UserError(f"{settings.imatrix}: no such imatrix file (or use --imatrix auto)")
-    if settings.calibration:
-        from . import imatrix as imx
+    if not settings.calibration:
+        return None
+    from . import imatrix as imx
 
-        imx.load_items(settings.calibration)
+    return imx.load_items(settings.calibration)
 
 
 def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token: str | None = None) -> QuantizeResult:
     types = list(dict.fromkeys(canonical_type(t) for t in settings.types)) or [DEFAULT_TYPE]
-    _check_inputs(settings, types)
+    calibration_items = _check_inputs(settings, types)
     source = locate(model, settings.revision, token)
     lora = load_adapter(settings.lora, settings.lora_revision, token) if settings.lora else None
     # A merged model is another model: its own directory and names, <base>-<adapter>.
@@ -224,7 +225,8 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
                 manifest.record(directory, man, inter_type, entry)
                 if inter_type in todo:
                     result.files.append(_output(intermediate, entry, "built"))
-        matrix = _imatrix(settings, intermediate, directory, name, man, result) if with_imatrix else None
+        matrix = _imatrix(settings, calibration_items, intermediate, directory, name, man,
+                          result) if with_imatrix else None
         for qtype in todo:
             if qtype == inter_type:
                 continue

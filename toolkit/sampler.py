@@ -92,8 +92,9 @@ def _top_k_ids(scores: np.ndarray, k: int, t: np.float32) -> np.ndarray:
     top = scores.max()
     floor = top - np.float32(8.0)
     kth = None
-    if np.isfinite(floor) and k <= np.count_nonzero(scores >= floor) <= BAND_MAX:
-        near = np.flatnonzero(scores >= floor)
+    inside = scores >= floor
+    if np.isfinite(floor) and k <= np.count_nonzero(inside) <= BAND_MAX:
+        near = np.flatnonzero(inside)
         vals = scores[near]
         kth = np.partition(vals, vals.size - k)[vals.size - k] if vals.size > k else vals.min()
         if kth - floor <= _tie_margin(kth):  # a tie with the k-th could lie under the band
