@@ -59,8 +59,11 @@ def test_unsupported_architecture_gives_the_converters_reason(smollm2_hf, tmp_pa
 
 def test_ctrl_c_during_conversion_leaves_nothing_that_looks_finished(smollm2_hf, tmp_path):
     out = tmp_path / "models"
+    # SIGINT as at a terminal: a suite started in the background (`pytest &`) hands its children an
+    # ignored SIGINT, and Python then never turns one into KeyboardInterrupt.
     proc = subprocess.Popen([sys.executable, "-m", "toolkit", "quantize", str(smollm2_hf), "--no-check", "--output-dir", str(out)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     # Wait until the converter is writing its temporary file, then interrupt.
     while time.monotonic() < deadline and not list(out.glob("*/*.partial")):
