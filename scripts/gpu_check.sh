@@ -9,20 +9,21 @@
 #   5. --n-gpu-layers auto with --vram-limit 6 on the 15 GiB BF16 file (must stay under 6 GiB)
 #   6. toolkit bench at --parallel 1, 4, 16
 #   7. llama.cpp's own llama-bench on the Q4_K_M file, built in step 1's build tree
+#   8. a context bigger than the GPU: one line naming what did not fit, exit 2
 #
 # device run:  bash scripts/gpu_check.sh          carry [".gpu"], timeout 600; figures in $OUT
 # a rehearsal here, on the CPU, with a 4-layer model:  TINY=1 PY=.venv/bin/python bash scripts/gpu_check.sh
 #
 # Each step is skipped when its result is already in $WORK, so a rerun on the still-warm machine
 # goes on where a timeout stopped it ($OUT is a new empty folder on every device call: the
-# figures so far are copied back into it). STEPS="build model quantize infer auto bench llamabench" picks steps.
+# figures so far are copied back into it). STEPS="build model quantize infer auto bench llamabench oom" picks steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 PY=${PY:-python3}
 OUT=${OUT:-/tmp/gpu_check_out}
 WORK=${WORK:-/tmp/gpu_check}
-STEPS=${STEPS:-build model quantize infer auto bench llamabench}
+STEPS=${STEPS:-build model quantize infer auto bench llamabench oom}
 TINY=${TINY:-}
 SHAPE=${SHAPE:-$([ -n "$TINY" ] && echo tiny || echo llama3-8b)}  # SHAPE=tiny on the GPU: a quick smoke run
 NEW_TOKENS=${NEW_TOKENS:-$([ -n "$TINY" ] && echo 16 || echo 64)}
@@ -233,6 +234,17 @@ elif step llamabench && [ -z "$TINY" ] && [ ! -f "$WORK/llama-bench.md" ]; then
   "$BUILD/bin/llama-batched-bench" -m "$Q4" -ngl 99 -fa on -c 4096 -npp 128 -ntg 64 -npl 1,4,16 2>/dev/null \
     | grep "^|" | tee -a "$WORK/llama-bench.md.partial" || exit 1
   mv "$WORK/llama-bench.md.partial" "$WORK/llama-bench.md" && keep llama-bench.md
+fi
+
+# A KV cache bigger than the card (1.5M cells of Llama-3-8B: 183 GiB; H100 80, H200 141; TINY: 95 GiB of RAM): llama.cpp's
+# CUDA allocation fails, and infer must say so in one line, exit 2, naming CUDA0 and the MiB.
+if step oom && ! grep -q "^oom_exit=" "$WORK/figures.txt" 2>/dev/null; then
+  echo "== 8. a context that does not fit the GPU"
+  OOM_CTX=${OOM_CTX:-$([ "$SHAPE" = tiny ] && echo 50000000 || echo 1500000)}
+  "${TK[@]}" infer "$QUESTIONS" --model "$Q4" --output "$WORK/oom.json" --n-ctx "$OOM_CTX" --parallel 1 \
+    2> "$WORK/oom.err"
+  record oom_exit "$?"
+  record oom_message "$(tail -1 "$WORK/oom.err")"
 fi
 
 echo "== figures"

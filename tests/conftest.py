@@ -16,12 +16,13 @@ from toolkit.quantize import QuantizeSettings, quantize
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600,
+            preexec_fn=None) -> subprocess.CompletedProcess:
     """Run `python -m toolkit ...` as a user would, capturing both streams."""
     full_env = dict(os.environ, COLUMNS="200", **(env or {}))
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "toolkit", *args], env=full_env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn)
 
 
 @pytest.fixture(scope="session")

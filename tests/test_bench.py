@@ -57,3 +57,14 @@ def test_a_worker_that_dies_is_reported_not_waited_for():
     proc.start()
     assert _row(proc, queue) == {"error": "the worker process died (exit code 3)"}
     proc.join()
+
+
+def test_a_request_that_cannot_be_met_stays_a_user_error(tmp_path):
+    # A worker's UserError (here a question longer than SmolLM2's 8192-token context) is exit 2, as in infer.
+    long = tmp_path / "long.json"
+    long.write_text(json.dumps([{"id": "1", "input": {"question_type": "교정형", "question": "가나다 " * 4000}}],
+                               ensure_ascii=False), encoding="utf-8")
+    r = run_cli("bench", str(embedded.smollm2_gguf()), "--input", str(long), "--parallel", "1")
+    assert r.returncode == 2, r.stderr
+    assert "bench at --parallel 1 failed: UserError: the longest prompt has" in r.stderr
+    assert "more than the 8192 the model was trained on" in r.stderr

@@ -79,3 +79,40 @@ def test_bad_model_files(tmp_path, make):
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
     assert ("GGUF" if make != "missing" else "no such model file") in r.stderr
     assert out.read_text(encoding="utf-8") == previous
+
+
+def _failure(log: str):
+    from toolkit import llama_log
+
+    tail = llama_log.LogTail()
+    tail.feed(log)
+    return tail.allocation_failure(), list(tail.lines)
+
+
+def test_out_of_memory_messages_say_what_did_not_fit_and_what_to_change(monkeypatch):
+    from test_llama_log import CPU_KV, CUDA_WEIGHTS
+    from toolkit import backend, engine as eng
+
+    gpu = backend.Device("CUDA0", "NVIDIA GeForce RTX 3070", "GPU", free_bytes=3900 << 20, total_bytes=8 << 30)
+    monkeypatch.setattr(backend, "gpus", lambda: [gpu])
+    failure, _ = _failure(CUDA_WEIGHTS)
+    assert eng.weights_do_not_fit("x-Q4_K_M.gguf", failure, -1) == (
+        "x-Q4_K_M.gguf does not fit: llama.cpp could not allocate 4,403 MiB on CUDA0 (3,900 MiB free there) for its "
+        "weights with every layer on the GPU; --n-gpu-layers auto puts only the layers that fit there, or take a smaller quant")
+    assert eng.weights_do_not_fit("x.gguf", failure, 28, planned=True).endswith(
+        "with 28 layers on the GPU; the memory went elsewhere after auto planned: give a lower --vram-limit")
+    failure, lines = _failure(
+        "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 4403.49 MiB on device 0: cudaMalloc failed: out of memory\n"
+        "ggml_gallocr_reserve_n_impl: failed to allocate CUDA0 buffer of size 4617388032\n"
+        "graph_reserve: failed to allocate compute buffers\n"
+        "llama_init_from_model: failed to initialize the context: failed to allocate compute pp buffers\n")
+    message = eng.context_does_not_fit(failure, lines, 32768, planned=False)
+    assert message.startswith("a context of 32768 tokens does not fit: llama.cpp could not allocate 4,403 MiB on CUDA0 "
+                              "(3,900 MiB free there) for the compute buffers;")
+    assert message.endswith("or --n-gpu-layers auto (only as many layers as leave room for the context)")
+    assert eng.context_does_not_fit(failure, lines, 32768, planned=True).endswith("or a lower --vram-limit")
+    # Host memory: no GPU advice, no free-VRAM figure.
+    failure, lines = _failure(CPU_KV)
+    assert "for the KV cache;" in eng.context_does_not_fit(failure, lines, 3_000_000, planned=False)
+    assert "--n-gpu-layers" not in eng.context_does_not_fit(failure, lines, 3_000_000, planned=False)
+    assert eng.weights_do_not_fit("x.gguf", failure, 0).endswith("65,919 MiB on CPU for its weights; take a smaller quant or free some RAM")

@@ -2,6 +2,7 @@
 
 import json
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -269,6 +270,44 @@ def test_the_batched_context_is_capped_by_the_trained_one(tmp_path):
     assert r.returncode == 0, r.stderr
     n_ctx = int(re.search(r"context +(\d+) tokens \(trained 8192\)", r.stderr).group(1))
     assert 2 * 8192 <= n_ctx <= 3 * 8192  # two sequences of at most 8192, plus the shared heads
+
+
+def test_a_prompt_longer_than_the_context_is_refused_with_the_right_remedy(tmp_path):
+    model = str(embedded.smollm2_gguf())
+    r = run_cli("infer", str(SAMPLES), "--model", model, "--n-ctx", "64", "--output", str(tmp_path / "a.json"))
+    assert r.returncode == 2 and "but the context is 64; raise --n-ctx" in r.stderr
+    long = tmp_path / "long.json"  # past the trained context no --n-ctx helps
+    long.write_text(json.dumps([{"id": "1", "input": {"question_type": "교정형", "question": "가나다 " * 4000}}],
+                               ensure_ascii=False), encoding="utf-8")
+    r = run_cli("infer", str(long), "--model", model, "--n-ctx", "65536", "--output", str(tmp_path / "b.json"))
+    assert r.returncode == 2 and "more than the 8192 the model was trained on" in r.stderr and "--n-ctx" not in r.stderr
+    assert not (tmp_path / "a.json").exists() and not (tmp_path / "b.json").exists()
+
+
+def _address_space(gib: int):
+    # A cap on the child's address space makes a big allocation fail on any machine, whatever its
+    # memory overcommit policy (two threads: few stacks and malloc arenas under the cap).
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (gib << 30, gib << 30))
+
+
+def test_a_context_that_does_not_fit_is_named_and_the_answers_are_kept(embedded_run, tmp_path):
+    _, answers = embedded_run
+    out = tmp_path / "answers.json"
+    out.write_text(answers.read_text(encoding="utf-8"), encoding="utf-8")
+    model = str(embedded.smollm2_gguf())
+    # 3M cells of SmolLM2's KV cache (30 layers × 768 B each) are 64 GiB.
+    r = run_cli("infer", str(SAMPLES), "--model", model, "--n-ctx", "3000000", "--parallel", "1", "--threads", "2",
+                "--output", str(out), "--no-resume", preexec_fn=_address_space(16))
+    assert r.returncode == 2, r.stderr
+    error = r.stderr.strip().splitlines()[-1]
+    assert error == ("error: a context of 3000000 tokens does not fit: llama.cpp could not allocate 65,919 MiB on CPU "
+                     "for the KV cache; lower --parallel or --n-ctx, or use --cache-type q8_0 (half the KV cache)")
+    assert read(out) == read(answers)
+    # 1G cells: llama.cpp's own bookkeeping of them fails first (std::bad_alloc), before any buffer.
+    r = run_cli("infer", str(SAMPLES), "--model", model, "--n-ctx", "1000000000", "--parallel", "1", "--threads", "2",
+                "--output", str(out), "--no-resume", preexec_fn=_address_space(4))
+    assert r.returncode == 2 and "does not fit: llama.cpp ran out of RAM setting it up (std::bad_alloc)" in r.stderr
+    assert read(out) == read(answers)
 
 
 def test_a_file_that_is_not_ours_is_never_replaced(tmp_path):

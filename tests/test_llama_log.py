@@ -32,3 +32,30 @@ def test_capture_takes_a_real_load_off_the_terminal(capfd):
     out, err = capfd.readouterr()
     assert "llama_model_loader" not in out + err
     assert len(llama_log._callbacks) == kept + 1  # kept alive after the block: a llama.cpp thread may still log
+
+
+# llama.cpp's own lines (ggml-cuda.cu, ggml-alloc.c, llama-model.cpp, llama.cpp) when a GPU is full.
+CUDA_WEIGHTS = """load_tensors: offloading 32 repeating layers to GPU
+ggml_backend_cuda_buffer_type_alloc_buffer: allocating 4403.49 MiB on device 0: cudaMalloc failed: out of memory
+alloc_tensor_range: failed to allocate CUDA0 buffer of size 4617388032
+llama_model_load: error loading model: unable to allocate CUDA0 buffer
+llama_model_load_from_file_impl: failed to load model
+"""
+# …and the lines a real CPU run gave for a 3M-token KV cache of SmolLM2.
+CPU_KV = """ggml_aligned_malloc: insufficient memory (attempted to allocate 65919.38 MB)
+ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer of size 69121474560
+alloc_tensor_range: failed to allocate CPU buffer of size 69121474560
+llama_init_from_model: failed to initialize the context: failed to allocate buffer for kv cache
+"""
+
+
+def test_an_allocation_failure_names_the_buffer_and_its_size():
+    for text, buffer, size in ((CUDA_WEIGHTS, "CUDA0", 4617388032), (CPU_KV, "CPU", 69121474560)):
+        tail = llama_log.LogTail()
+        tail.feed(text)
+        failure = tail.allocation_failure()
+        assert (failure.buffer, failure.size) == (buffer, size)
+    assert failure.mib == 65919
+    tail = llama_log.LogTail()
+    tail.feed("llama_model_load: error loading model: tensor 'x' has wrong shape\n")
+    assert tail.allocation_failure() is None  # another reason: no memory advice

@@ -36,7 +36,10 @@ def _run_one(model: str, input_path: str, parallel: int, sampling: SamplingParam
     try:
         out.put(_measure(model, input_path, parallel, sampling, engine))
     except BaseException as e:  # reported by the parent, which would otherwise wait forever
-        out.put({"error": f"{type(e).__name__}: {e}"})
+        from .errors import UserError
+
+        # A request that cannot be met (a context too big for the GPU …) stays a user error: exit 2.
+        out.put({"error": f"{type(e).__name__}: {e}", "user_error": isinstance(e, UserError)})
 
 
 def _measure(model: str, input_path: str, parallel: int, sampling: SamplingParams, engine: EngineSettings) -> dict:
@@ -93,7 +96,7 @@ def bench(model: Path, input_path: Path | None = None, settings: BenchSettings =
     """One row per --parallel setting; the questions default to the bundled samples."""
     from . import demo, gguf
     from .dataset import load_items
-    from .errors import ToolkitError
+    from .errors import ToolkitError, UserError
 
     gguf.read(model)  # a missing, truncated or non-GGUF file fails here, before any worker starts
     input_path = Path(input_path) if input_path else demo.samples_path()
@@ -110,7 +113,8 @@ def bench(model: Path, input_path: Path | None = None, settings: BenchSettings =
             row = _row(proc, queue)
             proc.join()
             if "error" in row:
-                raise ToolkitError(f"bench at --parallel {parallel} failed: {row['error']}")
+                raise (UserError if row.get("user_error") else ToolkitError)(
+                    f"bench at --parallel {parallel} failed: {row['error']}")
             rows.append(row)
     return rows
 

@@ -19,11 +19,12 @@ from typing import Callable
 import numpy as np
 
 from . import backend, fit, gguf, llama_log
-from .errors import AdapterMismatch, DecodeFailed, InvalidAdapter, LoadFailed, ToolkitError, UserError
+from .errors import AdapterMismatch, DecodeFailed, InvalidAdapter, LoadFailed, OutOfMemory, ToolkitError, UserError
 from .sampler import Sampler
 
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 _BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output|LoRA) buffer size =\s+([\d.]+) MiB")
+_CONTEXT_FAILED = re.compile(r"failed to initialize the context: (.*)")
 
 
 def _keep_buffer_lines(into: list[str]) -> Callable[[str], None]:
@@ -44,6 +45,39 @@ def buffers_of(lines) -> dict[str, dict[str, float]]:
             kinds = out.setdefault(m.group(1), {})
             kinds[m.group(2)] = kinds.get(m.group(2), 0.0) + float(m.group(3))
     return out
+
+
+def _on_gpu(failure: llama_log.AllocationFailure) -> bool:
+    """Device memory, not host RAM (CPU, CPU_Mapped, CUDA_Host … are RAM)."""
+    return not (failure.buffer.startswith("CPU") or "Host" in failure.buffer)
+
+
+def _amount(failure: llama_log.AllocationFailure) -> str:
+    """"2,048 MiB on CUDA0 (1,210 MiB free there)": what llama.cpp asked for, and what it had."""
+    free = next((d.free_bytes for d in backend.gpus() if d.name == failure.buffer), None) if _on_gpu(failure) else None
+    there = f" ({round(free / 2**20):,} MiB free there)" if free is not None else ""
+    return f"{failure.mib:,} MiB on {failure.buffer}{there}"
+
+
+def weights_do_not_fit(name: str, failure: llama_log.AllocationFailure, n_gpu_layers: int, planned: bool = False) -> str:
+    head = f"{name} does not fit: llama.cpp could not allocate {_amount(failure)} for its weights"
+    if not _on_gpu(failure):
+        return f"{head}; take a smaller quant or free some RAM"
+    layers = "every layer" if n_gpu_layers < 0 else f"{n_gpu_layers} layers"
+    hint = ("the memory went elsewhere after auto planned: give a lower --vram-limit" if planned else
+            "--n-gpu-layers auto puts only the layers that fit there, or take a smaller quant")
+    return f"{head} with {layers} on the GPU; {hint}"
+
+
+def context_does_not_fit(failure: llama_log.AllocationFailure, log_lines, n_ctx: int, planned: bool) -> str:
+    reason = next((m.group(1) for ln in reversed(log_lines) if (m := _CONTEXT_FAILED.search(ln))), "")
+    part = ("KV cache" if "kv cache" in reason else "compute buffers" if "compute" in reason
+            else "logits" if "output" in reason else "context")
+    hint = "lower --parallel or --n-ctx, or use --cache-type q8_0 (half the KV cache)"
+    if _on_gpu(failure):  # planned: --n-gpu-layers auto made this plan, and the memory went meanwhile
+        hint += (" or a lower --vram-limit" if planned else
+                 " or --n-gpu-layers auto (only as many layers as leave room for the context)")
+    return f"a context of {n_ctx} tokens does not fit: llama.cpp could not allocate {_amount(failure)} for the {part}; {hint}"
 
 
 @dataclass(frozen=True)
@@ -120,6 +154,8 @@ class Engine:
         with llama_log.capture(_keep_buffer_lines(self.model_buffer_lines)) as log:
             self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self.model:
+            if failure := log.allocation_failure():
+                raise OutOfMemory(weights_do_not_fit(self.path.name, failure, n_gpu_layers, planned=self.fit_plan is not None))
             raise LoadFailed(f"llama.cpp cannot load {self.path.name}: {log.last_error() or 'unknown reason'}")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
@@ -216,6 +252,11 @@ class Engine:
         with llama_log.capture(_keep_buffer_lines(self.buffer_sizes)) as log:
             self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
+            if failure := log.allocation_failure():
+                raise OutOfMemory(context_does_not_fit(failure, log.lines, n_ctx, planned=self.fit_plan is not None))
+            if "std::bad_alloc" in (log.last_error() or ""):  # its own bookkeeping of the cells, in RAM
+                raise OutOfMemory(f"a context of {n_ctx} tokens does not fit: llama.cpp ran out of RAM setting it up "
+                                  "(std::bad_alloc); lower --parallel or --n-ctx")
             raise LoadFailed(f"llama.cpp cannot create a context of {n_ctx} tokens: {log.last_error() or 'out of memory?'}")
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         self.n_batch = llama_cpp.llama_n_batch(self.ctx)  # at most n_ctx: no decode may carry more tokens

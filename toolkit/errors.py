@@ -95,6 +95,11 @@ class LoadFailed(ToolkitError):
     """llama.cpp could not load a model file or create a context."""
 
 
+class OutOfMemory(UserError):
+    """llama.cpp could not allocate the weights, KV cache or compute buffers asked for: the
+    request does not fit the device (exit 2: fewer layers, a smaller context or quant fits)."""
+
+
 class DecodeFailed(ToolkitError):
     """llama.cpp failed while evaluating tokens."""
 

@@ -195,7 +195,10 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
                 if batched and todo else None)
         n_ctx = settings.engine.n_ctx or (
             plan.n_ctx if plan else fit_context(longest, params.max_new_tokens, engine.info.n_ctx_train))
-        if longest >= min(n_ctx, engine.info.n_ctx_train):
+        if longest >= engine.info.n_ctx_train:  # no --n-ctx helps: the model was trained on shorter texts
+            raise UserError(f"the longest prompt has {longest} tokens, more than the {engine.info.n_ctx_train} "
+                            f"the model was trained on; shorten that question or the instructions")
+        if longest >= n_ctx:
             raise UserError(f"the longest prompt has {longest} tokens but the context is {n_ctx}; raise --n-ctx")
         if plan and n_ctx < plan.n_ctx:  # a user's --n-ctx below what this run may need
             _check_batched_context(n_ctx, plan, parallel, longest, unified)

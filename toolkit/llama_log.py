@@ -9,9 +9,27 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import re
 import threading
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable, Iterator
+
+
+# ggml's line when a buffer cannot be had, with llama.cpp's buffer type and the bytes asked for
+# ("alloc_tensor_range: failed to allocate CUDA0 buffer of size 4617388032"): the weights, the
+# KV cache and the compute buffers all come through it, on every backend.
+_ALLOC_FAILED = re.compile(r"failed to allocate (\S+) buffer of size (\d+)")
+
+
+@dataclass(frozen=True)
+class AllocationFailure:
+    buffer: str  # llama.cpp's buffer type: CUDA0, CPU, CUDA_Host …
+    size: int  # bytes
+
+    @property
+    def mib(self) -> int:
+        return round(self.size / 2**20)
 
 
 class LogTail:
@@ -40,6 +58,13 @@ class LogTail:
             low = line.lower()
             if "error" in low or "failed" in low:
                 return line.strip()
+        return None
+
+    def allocation_failure(self) -> AllocationFailure | None:
+        """The last buffer llama.cpp could not allocate, if that is why it failed."""
+        for line in reversed(self.lines):
+            if m := _ALLOC_FAILED.search(line):
+                return AllocationFailure(m.group(1), int(m.group(2)))
         return None
 
 
