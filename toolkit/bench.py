@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .engine import EngineSettings
+from .errors import ToolkitError, UserError
 from .sampler import SamplingParams
 
 
@@ -36,8 +37,6 @@ def _run_one(model: str, input_path: str, parallel: int, sampling: SamplingParam
     try:
         out.put(_measure(model, input_path, parallel, sampling, engine))
     except BaseException as e:  # reported by the parent, which would otherwise wait forever
-        from .errors import UserError
-
         # A request that cannot be met (a context too big for the GPU …) stays a user error: exit 2.
         out.put({"error": f"{type(e).__name__}: {e}", "user_error": isinstance(e, UserError)})
 
@@ -96,7 +95,6 @@ def bench(model: Path, input_path: Path | None = None, settings: BenchSettings =
     """One row per --parallel setting; the questions default to the bundled samples."""
     from . import demo, gguf
     from .dataset import load_items
-    from .errors import ToolkitError, UserError
 
     gguf.read(model)  # a missing, truncated or non-GGUF file fails here, before any worker starts
     input_path = Path(input_path) if input_path else demo.samples_path()
