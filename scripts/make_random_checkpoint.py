@@ -6,6 +6,8 @@ downloading 16 GB: the GPU check builds Llama-3-8B's shape with Llama-3's own to
 
     python scripts/make_random_checkpoint.py --shape llama3-8b --tokenizer .gpu/llama3-tokenizer --out /tmp/ckpt
     python scripts/make_random_checkpoint.py --shape tiny ...      # the same layout, seconds on a CPU
+
+The tests use the tiny shape with SmolLM2's tokenizer where only quantize's plumbing is on trial.
 """
 
 from __future__ import annotations
@@ -23,6 +25,16 @@ SHAPES = {
     "tiny": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=8192, rope_theta=500000.0),
 }
+
+
+def special_token_ids(tokenizer: Path) -> dict:
+    """BOS/EOS ids of the model the tokenizer comes from (its config.json, when the directory is a
+    checkpoint), else Llama-3's: the vocab-only tokenizer from gpu_prepare.sh has no config."""
+    ids = {"bos_token_id": 128000, "eos_token_id": [128001, 128009]}
+    if (tokenizer / "config.json").is_file():
+        config = json.loads((tokenizer / "config.json").read_text())
+        ids = {k: config[k] for k in ids if config.get(k) is not None}
+    return ids
 
 
 def main() -> None:
@@ -51,11 +63,12 @@ def main() -> None:
     added = json.loads((args.tokenizer / "tokenizer.json").read_text()).get("added_tokens", [])
     n_vocab = max([n_vocab] + [t["id"] + 1 for t in added])
     s = SHAPES[args.shape]
-    config = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=n_vocab, bos_token_id=128000,
-                  eos_token_id=[128001, 128009], hidden_act="silu", rms_norm_eps=1e-5, tie_word_embeddings=False,
+    special = special_token_ids(args.tokenizer)
+    config = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=n_vocab, **special,
+                  hidden_act="silu", rms_norm_eps=1e-5, tie_word_embeddings=False,
                   attention_bias=False, mlp_bias=False, torch_dtype="bfloat16", **s)
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": 128000, "eos_token_id": [128001, 128009]}))
+    (tmp / "generation_config.json").write_text(json.dumps(special))
 
     h, ff, kv = s["hidden_size"], s["intermediate_size"], s["num_key_value_heads"] * (s["hidden_size"] // s["num_attention_heads"])
     shapes = {"model.embed_tokens.weight": (n_vocab, h), "model.norm.weight": (h,), "lm_head.weight": (n_vocab, h)}

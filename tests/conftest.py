@@ -48,6 +48,17 @@ def gemma3_hf(converter, gemma3_gguf) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_hf(smollm2_hf, tmp_path_factory) -> Path:
+    """Four llama layers of random weights with SmolLM2's tokenizer, by scripts/make_random_checkpoint.py:
+    for tests of quantize's plumbing (hub, flags, reruns), where the 135M model's conversion and
+    IQ4_XS search cost ~30 s a test and prove nothing more. Sharded, as the big checkpoints are."""
+    out = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_random_checkpoint.py"), "--shape", "tiny",
+                    "--tokenizer", str(smollm2_hf), "--out", str(out)], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
 def smollm2_bf16(smollm2_hf, tmp_path_factory) -> Path:
     return convert(smollm2_hf, tmp_path_factory.mktemp("bf16") / "smol-BF16.gguf", "auto")
 

@@ -21,22 +21,21 @@ def test_directory_without_config(tmp_path):
     assert r.returncode == 2 and "Traceback" in r.stderr
 
 
-def test_any_type_as_a_flag_or_type_list(smollm2_hf, tmp_path):
+def test_any_type_as_a_flag_or_type_list(tiny_hf, tmp_path):
     from toolkit import gguf
     from toolkit.quantizer import QUANT_TYPES
 
-    r = run_cli("quantize", str(smollm2_hf), "--Q6_K", "--type", "q5_k_m,IQ4_xs", "--no-check",
+    r = run_cli("quantize", str(tiny_hf), "--Q6_K", "--type", "q5_k_m,IQ4_xs", "--no-check",
                 "--output-dir", str(tmp_path), "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert [(f["type"], f["status"]) for f in report["files"]] == [("Q6_K", "built"), ("Q5_K_M", "built"),
                                                                  ("IQ4_XS", "built")]
     assert report["source"]["kind"] == "local" and report["convert_seconds"] > 0 and report["fidelity"] == []
-    names = sorted(p.name for p in (tmp_path / "SmolLM2-135M-Instruct").glob("*.gguf"))
-    assert names == ["SmolLM2-135M-Instruct-IQ4_XS.gguf", "SmolLM2-135M-Instruct-Q5_K_M.gguf",
-                     "SmolLM2-135M-Instruct-Q6_K.gguf"]
+    names = sorted(p.name for p in (tmp_path / "tiny-llama").glob("*.gguf"))
+    assert names == ["tiny-llama-IQ4_XS.gguf", "tiny-llama-Q5_K_M.gguf", "tiny-llama-Q6_K.gguf"]
     # IQ4_XS needs no importance matrix.
-    iq4 = gguf.read(tmp_path / "SmolLM2-135M-Instruct" / "SmolLM2-135M-Instruct-IQ4_XS.gguf")
+    iq4 = gguf.read(tmp_path / "tiny-llama" / "tiny-llama-IQ4_XS.gguf")
     assert iq4.file_type == QUANT_TYPES["IQ4_XS"] and "IQ4_XS" in iq4.tensor_type_counts()
 
 

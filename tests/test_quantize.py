@@ -97,19 +97,19 @@ def test_output_dir_that_is_a_file(smollm2_hf, tmp_path):
     assert r.returncode == 2 and "is a file, not a directory" in r.stderr
 
 
-def test_force_and_keep_intermediate(smollm2_hf, tmp_path):
+def test_force_and_keep_intermediate(tiny_hf, tmp_path):
     settings = QuantizeSettings(types=("Q8_0",), output_dir=tmp_path, keep_intermediate=True, check=False)
-    first = quantize(str(smollm2_hf), settings)
+    first = quantize(str(tiny_hf), settings)
     directory = first.directory
-    inter = directory / "SmolLM2-135M-Instruct-BF16.gguf"
+    inter = directory / "tiny-llama-BF16.gguf"
     assert gguf.read(inter).file_type_name == "BF16"
     man = json.loads((directory / "manifest.json").read_text())
     assert man["files"]["BF16"]["intermediate"] is True
     # A new type reuses the kept intermediate: no second conversion.
-    second = quantize(str(smollm2_hf), QuantizeSettings(types=("Q8_0", "Q6_K"), output_dir=tmp_path, check=False))
+    second = quantize(str(tiny_hf), QuantizeSettings(types=("Q8_0", "Q6_K"), output_dir=tmp_path, check=False))
     assert second.convert_seconds is None
     assert [f.status for f in second.files] == ["skipped", "built"]
-    forced = quantize(str(smollm2_hf), QuantizeSettings(types=("Q8_0",), output_dir=tmp_path, force=True, check=False))
+    forced = quantize(str(tiny_hf), QuantizeSettings(types=("Q8_0",), output_dir=tmp_path, force=True, check=False))
     assert forced.files[0].status == "built" and forced.convert_seconds is not None
     assert set(json.loads((directory / "manifest.json").read_text())["files"]) == {"BF16", "Q8_0", "Q6_K"}
 

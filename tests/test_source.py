@@ -45,10 +45,13 @@ def test_local_identity_changes_when_the_checkpoint_changes(tmp_path):
     assert locate(str(tmp_path)).fingerprint != first.fingerprint
 
 
+SHARD = "model-00001-of-00001.safetensors"
+
+
 @pytest.fixture(scope="module")
-def hub(smollm2_hf, tmp_path_factory):
+def hub(tiny_hf, tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
-    for p in smollm2_hf.iterdir():
+    for p in tiny_hf.iterdir():
         if p.is_file() and not p.name.startswith("."):
             shutil.copy(p, repo / p.name)
     (repo / "README.md").write_text("# not needed for conversion\n")
@@ -79,7 +82,7 @@ def test_hub_download_convert_quantize_and_rerun(hub, tmp_path):
                              "commit": hub.repos["team/smol-ko"][1]}
     fetched = {p.rsplit("/", 1)[-1] for m, p, _ in hub.requests if m == "GET" and "/resolve/" in p}
     assert "README.md" not in fetched and "pytorch_model.bin" not in fetched
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= fetched
+    assert {"config.json", "model.safetensors.index.json", SHARD, "tokenizer.json"} <= fetched
 
     # Rerun: same commit, so nothing is downloaded or rebuilt.
     n = len(hub.requests)
@@ -141,7 +144,7 @@ def test_interrupted_download_resumes(hub, tmp_path):
 
     env = hub_env(hub, tmp_path)
     repo_dir, _ = hub.repos["team/smol-ko"]
-    data = (repo_dir / "model.safetensors").read_bytes()
+    data = (repo_dir / SHARD).read_bytes()
     blobs = tmp_path / "hf" / "hub" / "models--team--smol-ko" / "blobs"
     blobs.mkdir(parents=True)
     half = len(data) // 2
@@ -149,5 +152,5 @@ def test_interrupted_download_resumes(hub, tmp_path):
     n = len(hub.requests)
     r = run_cli("quantize", "team/smol-ko", "--q8_0", "--no-check", "--output-dir", str(tmp_path / "m"), env=env)
     assert r.returncode == 0, r.stderr
-    ranges = [h.get("range") for m, p, h in hub.requests[n:] if m == "GET" and p.endswith("model.safetensors")]
+    ranges = [h.get("range") for m, p, h in hub.requests[n:] if m == "GET" and p.endswith(SHARD)]
     assert ranges == [f"bytes={half}-"]
