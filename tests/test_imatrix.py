@@ -10,6 +10,7 @@ from toolkit import demo, gguf, imatrix, tools
 from toolkit.engine import Engine, EngineSettings
 from toolkit.errors import UserError
 from toolkit.fidelity import compare
+from toolkit.infer import InferSettings, resolve_model
 from toolkit.prompts import PromptSet
 from toolkit.quantize import QuantizeSettings, quantize
 
@@ -93,6 +94,18 @@ def test_imatrix_quants_sit_beside_the_plain_ones(smollm2_imatrix_models):
     # llama.cpp reads the matrix back: it is a GGUF holding the activations' statistics.
     meta = gguf.read(calibrated.directory / matrix["file"]).metadata
     assert meta["general.type"] == "imatrix" and meta["imatrix.chunk_count"] == matrix["chunks"]
+
+
+def test_infer_does_not_take_the_matrix_for_a_model(smollm2_imatrix_models, tmp_path):
+    """`quantize --iq2_m --imatrix auto` leaves one quant and its matrix: infer picks the quant."""
+    _, calibrated = smollm2_imatrix_models
+    models = tmp_path / "models" / "smol"
+    models.mkdir(parents=True)
+    q2 = {f.type: f.path for f in calibrated.files}["Q2_K_S-imatrix"]
+    matrix = calibrated.directory / calibrated.imatrix["file"]
+    for path in (q2, matrix):
+        (models / path.name).symlink_to(path)
+    assert resolve_model(InferSettings(models_dir=models.parent)) == models / q2.name
 
 
 def test_imatrix_lowers_kl_divergence_on_held_out_text(smollm2_imatrix_models, tmp_path):

@@ -13,6 +13,7 @@ from fakehub import FakeHub
 from toolkit import embedded, gguf
 from toolkit.engine import Engine, EngineSettings
 from toolkit.errors import AdapterMismatch
+from toolkit.infer import InferSettings, resolve_model
 from toolkit.lora import LoraSettings, export_lora, is_lora_gguf
 from toolkit.quantize import QuantizeSettings, quantize
 from toolkit.quantizer import quantize_file
@@ -187,8 +188,12 @@ def test_rerun_skips_and_another_adapter_is_another_model(merged, smollm2_hf, sm
     again = quantize(str(smollm2_hf), QuantizeSettings(types=("Q8_0",), output_dir=merged.directory.parent,
                                                        lora=str(smollm2_lora)))
     assert [f.status for f in again.files] == ["skipped"] and again.merge_seconds is None
-    rt = export_lora(str(smollm2_lora), str(smollm2_hf), LoraSettings(output_dir=runtime_lora.path.parent.parent))
-    assert rt.status == "skipped"
+    r = run_cli("lora", str(smollm2_lora), "--base", str(smollm2_hf), "--output-dir", str(runtime_lora.path.parent.parent),
+                "--json")
+    assert r.returncode == 0, r.stderr
+    rt = json.loads(r.stdout)
+    assert (rt["status"], rt["path"], rt["size"]) == ("skipped", str(runtime_lora.path), runtime_lora.size)
+    assert (rt["base"]["id"], rt["adapter"]["id"], rt["r"], rt["lora_alpha"]) == (str(smollm2_hf), str(smollm2_lora), 8, 16)
     # The plain base quantized into the same output dir goes to its own directory.
     assert not (merged.directory.parent / "SmolLM2-135M-Instruct").exists()
 
@@ -216,6 +221,14 @@ def test_infer_with_lora(runtime_lora, base_ggufs, tmp_path):
     # Answers with a LoRA are another model's: their own file, never resumed from the base's.
     out = tmp_path / f"q.smol-Q8_0+{runtime_lora.path.stem}.json"
     assert len(json.loads(out.read_text(encoding="utf-8"))) == 2
+
+
+def test_infer_does_not_take_the_adapter_for_a_model(runtime_lora, base_ggufs, tmp_path):
+    models = tmp_path / "models"
+    for path in (base_ggufs["Q8_0"], runtime_lora.path):
+        (models / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (models / path.parent.name / path.name).symlink_to(path)
+    assert resolve_model(InferSettings(models_dir=models)).name == base_ggufs["Q8_0"].name
 
 
 def test_hub_adapter_fetches_only_the_adapter_files(smollm2_lora, gemma3_hf, tmp_path):

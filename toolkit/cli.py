@@ -98,8 +98,8 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lora-revision", help="the adapter's hub branch, tag or commit (default: main)")
     p.add_argument("--imatrix", metavar="auto|FILE",
                    help="quantize with an importance matrix: auto computes one on --calibration's questions and "
-                        "answers (llama.cpp's llama-imatrix); outputs are <name>-<TYPE>-imatrix.gguf; makes IQ "
-                        "types (iq2_m, iq3_m …) possible; needs `toolkit setup --tools`")
+                        "answers (llama.cpp's llama-imatrix); outputs are <name>-<TYPE>-imatrix.gguf; makes the "
+                        "types that need one (iq1_*, iq2_*, q2_k_s) possible; needs `toolkit setup --tools`")
     p.add_argument("--calibration", type=Path, metavar="DATA.json",
                    help="competition JSON for --imatrix auto, e.g. the train file (default: the bundled samples)")
     p.add_argument("--json", action="store_true", help="print one JSON object (files, times, fidelity)")
@@ -124,7 +124,7 @@ def _add_lora(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lora", help="PEFT LoRA adapter → GGUF LoRA for `infer --lora` on a quantized base",
                        description="Convert a PEFT LoRA adapter with llama.cpp's own convert_lora_to_gguf.py (same "
                                    "pinned source as the model converter). Default output: "
-                                   "models/<base>-<adapter>/<base>-<adapter>-LoRA-F16.gguf.")
+                                   "models/<base>-<adapter>/<base>-<adapter>-LoRA-<OUTTYPE>.gguf.")
     p.add_argument("adapter", help="PEFT adapter directory (adapter_config.json + weights) or hub repo id")
     p.add_argument("--base", required=True, help="the base model it was trained on: checkpoint directory or hub id")
     p.add_argument("--outtype", default="f16", choices=["f16", "bf16", "f32"], help="LoRA tensor type (default f16)")
@@ -133,6 +133,7 @@ def _add_lora(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--revision", help="the adapter's hub branch, tag or commit (default: main)")
     p.add_argument("--base-revision", help="the base's hub branch, tag or commit (default: main)")
     p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("--json", action="store_true", help="print one JSON object (path, size, base, adapter)")
 
 
 def _add_infer(sub: argparse._SubParsersAction) -> None:
@@ -166,7 +167,8 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=d.seed, help="same seed, same answers (per item)")
     g = p.add_argument_group("loading")
     _add_placement(g)
-    g.add_argument("--n-ctx", type=positive, help="context size (default: longest prompt + max-new-tokens)")
+    g.add_argument("--n-ctx", type=positive, help="KV cells for all --parallel sequences together (default: fitted "
+                   "to them: each one's prompt + max-new-tokens, shared prompt heads once)")
     g.add_argument("--threads", type=at_least(0), help="CPU threads (default or 0: all cores)")
     g.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto")
     g.add_argument("--lora", type=Path, metavar="FILE.gguf", help="GGUF LoRA (from `toolkit lora`) applied on the model")
@@ -374,6 +376,9 @@ def cmd_lora(args: argparse.Namespace) -> int:
     settings = LoraSettings(outtype=args.outtype, output=args.output, output_dir=args.output_dir,
                             revision=args.revision, base_revision=args.base_revision, force=args.force)
     r = export_lora(args.adapter, args.base, settings)
+    if args.json:
+        print(json.dumps(r.as_dict(), ensure_ascii=False))
+        return 0
     config = r.adapter.config
     console.out.print(f"{r.status} {r.path} ({human_bytes(r.size)}, {r.seconds:.1f} s): LoRA r={config.get('r')} "
                       f"alpha={config.get('lora_alpha')} on {len(r.adapter.updates)} tensors of {r.base.id}")
@@ -517,7 +522,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         table.add_column(title, justify="right")
     for row in rows:
         table.add_row(*("—" if row[key] is None else str(row[key]) for _, key in cols))
-    table.caption = "aggregate = generated tokens of all sequences / generation wall time"
+    table.caption = "aggregate = new tokens of all sequences / wall time of the run (prompts included)"
     console.out.print(table)
     return 0
 

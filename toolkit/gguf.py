@@ -268,3 +268,11 @@ def read(path: str | Path, keep_arrays: tuple[str, ...] = ()) -> GGUFFile:
             "the file is incomplete, re-create it"
         )
     return gguf
+
+
+def general_type(path: str | Path) -> str | None:
+    """general.type: "model", "adapter" (a LoRA) or "imatrix"; None for what is not a whole GGUF."""
+    try:
+        return read(path).metadata.get("general.type")
+    except InvalidGGUF:
+        return None

@@ -11,12 +11,11 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from . import chat_template, console, dataset, embedded
+from . import chat_template, console, dataset, embedded, gguf
 from .clean import clean_answer, has_answer_form
 from .engine import Engine, EngineSettings, Generation, LoadInfo
 from .errors import ModelNotFound, UserError
 from .fit import KV_PAD, round_up
-from .lora import is_lora_gguf
 from .parallel import ParallelDecoder, Request, kv_cells, shared_prefixes
 from .prompts import CORRECTION, SELECTION, PromptSet, build_messages, warn_unknown_types
 from .sampler import Sampler, SamplingParams, item_seed
@@ -71,7 +70,9 @@ def resolve_model(settings: InferSettings) -> Path:
         if not settings.model.is_file():
             raise ModelNotFound(f"{settings.model}: no such model file")
         return settings.model
-    found = sorted(p for p in settings.models_dir.rglob("*.gguf") if not p.name.startswith(".") and not is_lora_gguf(p))
+    # quantize and lora leave importance matrices and LoRA adapters there too: GGUFs, not models.
+    found = sorted(p for p in settings.models_dir.rglob("*.gguf")
+                   if not p.name.startswith(".") and gguf.general_type(p) not in ("adapter", "imatrix"))
     if len(found) == 1:
         return found[0]
     if len(found) > 1:

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import gguf, manifest
 from .adapter import Adapter, base_tensors, check_base, load_adapter, runtime_adapter_dir
 from .convert import LORA_OUTTYPES, convert_lora
-from .errors import InvalidGGUF, OutputExists, UserError
+from .errors import OutputExists, UserError
 from .fsutil import sha256_file
 from .source import Source, fetch, locate
 
@@ -38,12 +38,15 @@ class LoraResult:
     seconds: float
     status: str  # "built" or "skipped"
 
+    def as_dict(self) -> dict:
+        return {"status": self.status, "path": str(self.path), "size": self.size, "seconds": self.seconds,
+                "base": self.base.identity(), "adapter": self.adapter.source.identity(),
+                "r": self.adapter.config.get("r"), "lora_alpha": self.adapter.config.get("lora_alpha"),
+                "tensors": len(self.adapter.updates)}
+
 
 def is_lora_gguf(path: Path) -> bool:
-    try:
-        return gguf.read(path).metadata.get("general.type") == "adapter"
-    except InvalidGGUF:
-        return False
+    return gguf.general_type(path) == "adapter"
 
 
 def export_lora(adapter_spec: str, base_spec: str, settings: LoraSettings = LoraSettings(),
