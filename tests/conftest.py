@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,17 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "toolkit", *args], env=full_env, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn)
+
+
+def header_only(path, general_type: str):
+    """A GGUF v3 with no tensors and one key, general.type: what llama-imatrix and
+    convert_lora_to_gguf.py set to "imatrix" and "adapter"."""
+    def text(s: str) -> bytes:
+        return struct.pack("<Q", len(s.encode())) + s.encode()
+
+    head = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + text("general.type") + struct.pack("<I", 8) + text(general_type)
+    path.write_bytes(head + b"\0" * (-len(head) % 32))
+    return path
 
 
 @pytest.fixture(scope="session")

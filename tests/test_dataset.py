@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from toolkit.dataset import check_output, holds_answers, load_items, previous_answers, render_output, write_output
+from toolkit.dataset import answer_of, check_output, holds_answers, load_items, previous_answers, render_output, write_output
 from toolkit.errors import InvalidInput, OutputNotWritable
 
 ITEMS = [{"id": "1", "input": {"question_type": "선택형", "question": "가?"}},
@@ -53,6 +53,15 @@ def test_every_user_json_reader_says_why_in_one_line(tmp_path):
         score(tmp_path, tmp_path)
     with pytest.raises(InvalidInput, match="is a directory, not a calibration file"):
         calibration_items(tmp_path)
+
+
+def test_answer_of_any_shape_of_output():
+    """compare's --prompts and quantize's --calibration read answers through it too: an output of
+    another shape is no answer (it was an AttributeError there)."""
+    assert answer_of({"id": "1", "output": {"answer": "\"설렘\"이 옳다."}}) == "\"설렘\"이 옳다."
+    for item in ({"id": "1"}, {"id": "1", "output": "\"설렘\"이 옳다."}, {"id": "1", "output": {"answer": 3}},
+                 {"id": "1", "output": None}, "not an item"):
+        assert answer_of(item) is None
 
 
 def test_output_keeps_order_fields_and_hangul(tmp_path):

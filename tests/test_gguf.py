@@ -1,7 +1,9 @@
+import re
 
 import llama_cpp
 import pytest
 
+from conftest import header_only
 from toolkit import embedded, gguf
 from toolkit.errors import InvalidGGUF
 
@@ -64,3 +66,14 @@ def test_non_gguf_is_rejected(tmp_path, content):
 def test_missing_file(tmp_path):
     with pytest.raises(InvalidGGUF, match="no such file"):
         gguf.read(tmp_path / "nope.gguf")
+
+
+@pytest.mark.parametrize("kind,said", [("imatrix", "is an importance matrix, not a model"),
+                                       ("adapter", "is a LoRA adapter (give it to --lora), not a model")])
+def test_a_gguf_that_is_not_a_model_is_named(tmp_path, kind, said):
+    path = header_only(tmp_path / f"{kind}.gguf", kind)
+    assert gguf.general_type(path) == kind and gguf.read(path).tensors == []
+    with pytest.raises(InvalidGGUF, match=re.escape(said)):
+        gguf.read_model(path)
+    assert gguf.read_model(embedded.smollm2_gguf()).architecture == "llama"
+    assert gguf.general_type(tmp_path / "none.gguf") is None

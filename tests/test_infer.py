@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, header_only, run_cli
 from toolkit import demo, embedded
 from toolkit.errors import UserError
 from toolkit.infer import InferSettings, default_output, fit_context, infer, resolve_model
@@ -185,6 +185,32 @@ def test_model_resolution(tmp_path, capsys):
     (models / "a" / "a-Q8_0.gguf").write_bytes(b"x")
     with pytest.raises(UserError, match="several models.*--model"):
         resolve_model(InferSettings(models_dir=models))
+
+
+def test_model_resolution_follows_links_and_skips_what_is_not_a_model(tmp_path):
+    """models/ often links to a folder on a bigger disk; quantize and lora leave an importance
+    matrix and a LoRA adapter beside the quants."""
+    elsewhere = tmp_path / "disk2" / "x"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "x-Q4_K_M.gguf").write_bytes(b"x")
+    header_only(elsewhere / "x.imatrix.gguf", "imatrix")
+    header_only(elsewhere / "x-LoRA-F16.gguf", "adapter")
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "x").symlink_to(elsewhere, target_is_directory=True)
+    assert resolve_model(InferSettings(models_dir=models)) == models / "x" / "x-Q4_K_M.gguf"
+
+
+def test_a_resume_sizes_the_context_for_the_items_left(tmp_path):
+    """An answered item's long prompt needs no room in this run's context."""
+    items = [{"id": "long", "input": {"question_type": "교정형", "question": "가나다 " * 300}}] + read(SAMPLES)[:2]
+    inp, out = tmp_path / "q.json", tmp_path / "a.json"
+    inp.write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
+    out.write_text(json.dumps([{**items[0], "output": {"answer": "이미 답함"}}] + items[1:], ensure_ascii=False),
+                   encoding="utf-8")
+    result = infer(inp, settings(output=out, parallel=2, sampling=replace(FAST, max_new_tokens=4)))
+    assert (result.resumed, result.generated) == (1, 2) and result.n_ctx < 1024
+    assert read(out)[0]["output"]["answer"] == "이미 답함" and all("output" in o for o in read(out))
 
 
 def test_output_paths(tmp_path):

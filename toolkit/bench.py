@@ -96,7 +96,7 @@ def bench(model: Path, input_path: Path | None = None, settings: BenchSettings =
     from . import demo, gguf
     from .dataset import load_items
 
-    gguf.read(model)  # a missing, truncated or non-GGUF file fails here, before any worker starts
+    gguf.read_model(model)  # a missing, truncated, non-GGUF or non-model file fails here, before any worker starts
     input_path = Path(input_path) if input_path else demo.samples_path()
     load_items(input_path)  # a bad input fails here, once, with the usual message
     ctx = mp.get_context("spawn")  # a fresh process per setting: its own peak RSS, no shared state

@@ -113,16 +113,17 @@ def previous_answers(held: list[dict], items: list[dict]) -> dict[str, str]:
     """Answers in the output's items (from check_output) for these items: what a rerun does not redo."""
     # A dev or train file carries gold answers: one copied through unchanged is not ours.
     # (Redoing an item costs time only; its seed gives the same answer again.)
-    gold = {item_key(i): _answer(i) for i in items}
-    return {item_key(i): a for i in held if (a := _answer(i)) is not None and a != gold.get(item_key(i))}
+    gold = {item_key(i): answer_of(i) for i in items}
+    return {item_key(i): a for i in held if (a := answer_of(i)) is not None and a != gold.get(item_key(i))}
 
 
 def holds_answers(held: list[dict]) -> bool:
     """At least one answer among the output's items (what a dry run must not replace)."""
-    return any(_answer(i) is not None for i in held)
+    return any(answer_of(i) is not None for i in held)
 
 
-def _answer(item) -> str | None:
+def answer_of(item) -> str | None:
+    """An item's output.answer when it is text; None for none, or for an output of another shape."""
     out = item.get("output") if isinstance(item, dict) else None
     return out["answer"] if isinstance(out, dict) and isinstance(out.get("answer"), str) else None
 

@@ -52,7 +52,7 @@ def report() -> dict[str, Any]:
 def fit_report(model: Path, n_ctx: int, parallel: int, free_bytes: int | None, cache_type: str = "f16",
                flash_attn: bool = True) -> dict[str, Any]:
     """What --n-gpu-layers auto would do for this GGUF: for given free VRAM, or what is free now."""
-    header = gguf.read(model)  # a missing, truncated or non-GGUF file: one line
+    header = gguf.read_model(model)  # a missing, truncated, non-GGUF or non-model file: one line
     if free_bytes is None:
         free_bytes = sum(d.free_bytes for d in backend.gpus())
     cells = n_ctx * max(1, parallel)

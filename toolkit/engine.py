@@ -126,7 +126,7 @@ class Engine:
 
         self.settings = settings
         self.path = Path(model_path)
-        self.header = gguf.read(self.path)  # a clear error for missing, non-GGUF or truncated files
+        self.header = gguf.read_model(self.path)  # a clear error for missing, non-GGUF, truncated or non-model files
         self.model = None
         self.ctx = None
         self.n_ctx = 0

@@ -75,7 +75,7 @@ def competition_texts(engine: Engine, items: list[dict]) -> list[Text]:
         if not template.accepts_system():
             messages = chat_template.fold_system(messages)
         prompt = engine.tokenize(template.render(messages))
-        answer = (item.get("output") or {}).get("answer")
+        answer = dataset.answer_of(item)
         if isinstance(answer, str) and answer.strip():
             continuation = engine.tokenize(answer.strip())
         else:
@@ -129,9 +129,9 @@ def texts_from_source(engine: Engine, source: list[dict] | str, n_ctx: int) -> l
 def _same_model(reference: Path, quants: list[Path]) -> None:
     """From the headers, before any scoring: every file a GGUF of the reference's architecture
     and vocabulary."""
-    ref = gguf.read(reference)
+    ref = gguf.read_model(reference)
     for path in quants:
-        q = gguf.read(path)
+        q = gguf.read_model(path)
         for what, a, b in (("architecture", ref.architecture, q.architecture),
                            ("vocabulary size", ref.n_vocab, q.n_vocab)):
             if a != b:

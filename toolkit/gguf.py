@@ -270,6 +270,20 @@ def read(path: str | Path, keep_arrays: tuple[str, ...] = ()) -> GGUFFile:
     return gguf
 
 
+# GGUFs that quantize and lora write beside the models, and that no runtime loads as one.
+NOT_MODELS = {"adapter": "a LoRA adapter (give it to --lora)", "imatrix": "an importance matrix"}
+
+
+def read_model(path: str | Path) -> GGUFFile:
+    """read(), refusing a GGUF that is not a model with what it is instead of llama.cpp's
+    "failed to load model"."""
+    header = read(path)
+    kind = NOT_MODELS.get(header.metadata.get("general.type"))
+    if kind:
+        raise InvalidGGUF(f"{path}: is {kind}, not a model")
+    return header
+
+
 def general_type(path: str | Path) -> str | None:
     """general.type: "model", "adapter" (a LoRA) or "imatrix"; None for what is not a whole GGUF."""
     try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import chat_template, console, tools
-from .dataset import read_json
+from .dataset import answer_of, read_json
 from .errors import ToolkitError, UserError
 from .fsutil import atomic_path, sha256_file
 from .process import child
@@ -77,7 +77,7 @@ def calibration(items: list[dict], source: str, template_text: str | None, speci
             if not template.accepts_system():
                 messages = chat_template.fold_system(messages)
             prompt = template.render(messages)
-        answer = (item.get("output") or {}).get("answer")
+        answer = answer_of(item)
         parts.append(prompt + (answer.strip() if isinstance(answer, str) else ""))
     text = "\n\n".join(parts)
     return Calibration(text, source, len(items), hashlib.sha256(text.encode()).hexdigest())

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +72,7 @@ def resolve_model(settings: InferSettings) -> Path:
             raise ModelNotFound(f"{settings.model}: no such model file")
         return settings.model
     # quantize and lora leave importance matrices and LoRA adapters there too: GGUFs, not models.
-    found = sorted(p for p in settings.models_dir.rglob("*.gguf")
-                   if not p.name.startswith(".") and gguf.general_type(p) not in ("adapter", "imatrix"))
+    found = [p for p in _ggufs_under(settings.models_dir) if gguf.general_type(p) not in gguf.NOT_MODELS]
     if len(found) == 1:
         return found[0]
     if len(found) > 1:
@@ -81,6 +81,13 @@ def resolve_model(settings: InferSettings) -> Path:
     path = embedded.smollm2_gguf()
     console.notice(f"no GGUF under {settings.models_dir}/: using the embedded {embedded.SMOLLM2_NAME} (--model to choose)")
     return path
+
+
+def _ggufs_under(directory: Path) -> list[Path]:
+    # os.walk, not Path.rglob: models/ often links to model folders on a bigger disk, and rglob
+    # (before Python 3.13) does not enter linked directories.
+    return sorted(Path(root) / name for root, _, names in os.walk(directory, followlinks=True)
+                  for name in names if name.endswith(".gguf") and not name.startswith("."))
 
 
 def default_output(input_path: Path, model: Path, dry_run: bool, lora: Path | None = None) -> Path:
@@ -185,8 +192,9 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
             token_ids[key] = engine.tokenize(rendered[key])
             if not token_ids[key]:
                 raise UserError(f"item {key}: the chat template renders an empty prompt")
-        longest = max(len(t) for t in token_ids.values())
         todo = [i for i in items if dataset.item_key(i) not in previous]
+        # Only the prompts still to answer size the context: a resume never needs room for the rest.
+        longest = max((len(token_ids[dataset.item_key(i)]) for i in todo), default=0)
         parallel = max(1, min(settings.parallel or default_parallel(engine), len(todo) or 1))
         unified = not settings.engine.batch_invariant
         # One at a time takes the plain path, except batch-invariant runs: they share the

@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .dataset import read_json
+from .dataset import answer_of, read_json
 from .errors import InvalidInput, UserError
 
 _QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"', "″": '"', "‘": "'", "’": "'", "`": "'"})
@@ -225,7 +225,7 @@ def _load(path: Path, role: str) -> list[dict]:
         if key in seen:
             raise InvalidInput(f"{path}: duplicate id {key!r}")
         seen.add(key)
-        answer = (item.get("output") or {}).get("answer") if isinstance(item.get("output"), dict) else None
+        answer = answer_of(item)
         if not isinstance(answer, str):
             raise InvalidInput(f"{path}: item {key!r} has no output.answer")
     return data
