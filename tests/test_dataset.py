@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from toolkit.dataset import answer_of, check_output, holds_answers, load_items, previous_answers, render_output, write_output
+from toolkit.dataset import (answer_of, check_output, holds_answers, load_items, previous_answers, render_output,
+                             settings_changes, write_output)
 from toolkit.errors import InvalidInput, OutputNotWritable
 
 ITEMS = [{"id": "1", "input": {"question_type": "선택형", "question": "가?"}},
@@ -62,6 +63,16 @@ def test_answer_of_any_shape_of_output():
     for item in ({"id": "1"}, {"id": "1", "output": "\"설렘\"이 옳다."}, {"id": "1", "output": {"answer": 3}},
                  {"id": "1", "output": None}, "not an item"):
         assert answer_of(item) is None
+
+
+def test_settings_changes_name_each_difference():
+    old = {"model": "m-Q4_K_M.gguf", "lora": None, "max_new_tokens": 8, "seed": 0,
+           "prompts": {"system": "짧게.", "selection": "가" * 50}}
+    new = {"model": "m-Q8_0.gguf", "lora": "x.gguf", "max_new_tokens": 8, "seed": 0,
+           "prompts": {"system": "짧게.", "selection": "나" * 50}}
+    assert settings_changes(old, new) == ["lora None (now x.gguf)", "model m-Q4_K_M.gguf (now m-Q8_0.gguf)",
+                                          "prompts.selection changed"]
+    assert settings_changes(old, dict(old)) == []
 
 
 def test_output_keeps_order_fields_and_hangul(tmp_path):

@@ -92,15 +92,37 @@ def test_same_seed_same_answers(embedded_run, tmp_path):
     assert [o["output"] for o in read(other)] != [o["output"] for o in read(first)[:3]]
 
 
-def test_rerun_resumes_and_no_resume_starts_over(embedded_run, tmp_path):
+def test_rerun_resumes_and_no_resume_starts_over(embedded_run, tmp_path, capsys):
     _, first = embedded_run
     out = tmp_path / "r.json"
-    out.write_text(first.read_text(encoding="utf-8"), encoding="utf-8")
+    out.write_text(first.read_text(encoding="utf-8"), encoding="utf-8")  # copied without its settings
     result = infer(SAMPLES, settings(output=out))
     assert (result.resumed, result.generated) == (8, 0)
+    assert "no record of the settings its 8 answer(s) were made with" in " ".join(capsys.readouterr().err.split())
     assert read(out) == read(first)
     result = infer(SAMPLES, settings(output=out, resume=False))
     assert (result.resumed, result.generated) == (0, 8)
+
+
+def test_a_rerun_with_other_settings_keeps_the_old_answers_and_says_what_changed(tmp_path):
+    """A quick trial (--max-new-tokens 2) and then the real run, to the same default output name:
+    the trial's answers are not taken as the real run's."""
+    few = tmp_path / "few.json"
+    few.write_text(json.dumps(read(SAMPLES)[:2], ensure_ascii=False), encoding="utf-8")
+    out = tmp_path / "a.json"
+    trial = replace(FAST, max_new_tokens=2)
+    infer(few, settings(output=out, sampling=trial))
+    before = out.read_bytes()
+    with pytest.raises(UserError, match=r"2 answer\(s\) made with other settings: max_new_tokens 2 \(now 24\), "
+                                        r"seed 0 \(now 5\); .*--no-resume"):
+        infer(few, settings(output=out, sampling=replace(FAST, seed=5)))
+    assert out.read_bytes() == before
+    with pytest.raises(UserError, match="prompts.system 짧게 답하시오. \\(now 답하라.\\)"):
+        infer(few, settings(output=out, sampling=trial, prompts=replace(SHORT, system="답하라.")))
+    assert (infer(few, settings(output=out, sampling=trial)).resumed) == 2  # the same settings go on
+    fresh = infer(few, settings(output=out, sampling=replace(FAST, seed=5), resume=False))
+    assert fresh.generated == 2 and infer(few, settings(output=out, sampling=replace(FAST, seed=5))).resumed == 2
+    assert read(out) != json.loads(before)
 
 
 def test_kill_and_resume(embedded_run, tmp_path, short_prompts):

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from .errors import InvalidInput, OutputNotWritable
-from .fsutil import partial_path, write_text_atomic
+from .fsutil import partial_path, write_json_atomic, write_text_atomic
 
 
 def item_key(item: dict) -> str:
@@ -147,3 +147,43 @@ def write_output(path: Path, items: list[dict], outputs: dict[str, dict]) -> Non
         write_text_atomic(path, render_output(items, outputs))
     except OSError as e:  # the old file stays as it was
         raise OutputNotWritable(f"{path}: cannot write the answers ({e.strerror}); what was there is kept") from None
+
+
+# What the answers in an output were made with (model, LoRA, sampling, prompts, template), in a
+# hidden file beside it: a rerun resumes only answers made the same way, so a quick trial with
+# --max-new-tokens 8 never becomes the submission of the run after it.
+def settings_path(output: Path) -> Path:
+    return output.with_name(f".{output.name}.settings.json")
+
+
+def read_settings(output: Path) -> dict | None:
+    """The recorded settings, or None when there is no record (infer before it kept one, or a
+    file infer did not write)."""
+    try:
+        data = json.loads(settings_path(output).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_settings(output: Path, settings: dict) -> None:
+    try:
+        write_json_atomic(settings_path(output), settings)
+    except OSError as e:
+        raise OutputNotWritable(f"{settings_path(output)}: cannot write the run's settings ({e.strerror})") from None
+
+
+def settings_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """What differs, one phrase each: `max_new_tokens 8 (now 1024)`, `prompts.system changed`."""
+    changes = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += settings_changes(a, b, f"{prefix}{key}.")
+        elif isinstance(a, str) and isinstance(b, str) and max(len(a), len(b)) > 40:
+            changes.append(f"{prefix}{key} changed")
+        else:
+            changes.append(f"{prefix}{key} {a} (now {b})")
+    return changes

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -17,6 +17,7 @@ from .clean import clean_answer, has_answer_form
 from .engine import Engine, EngineSettings, Generation, LoadInfo
 from .errors import ModelNotFound, UserError
 from .fit import KV_PAD, round_up
+from .fsutil import sha256_file
 from .parallel import ParallelDecoder, Request, kv_cells, shared_prefixes
 from .prompts import CORRECTION, SELECTION, PromptSet, build_messages, warn_unknown_types
 from .sampler import Sampler, SamplingParams, item_seed
@@ -150,6 +151,31 @@ def _check_batched_context(n_ctx: int, plan: _Plan, parallel: int, longest: int,
     console.notice(f"--n-ctx {n_ctx} is below the {plan.n_ctx} this run may need at --parallel {parallel}: {risk}")
 
 
+def settings_record(settings: InferSettings, params: SamplingParams, model: Path) -> dict:
+    """What decides the answers' text (not how fast they come): kept beside the output, so that a
+    rerun resumes only answers made the same way."""
+    lora, template = settings.engine.lora, settings.chat_template
+    return {
+        "model": model.name, "model_bytes": model.stat().st_size,
+        "lora": lora.name if lora else None,
+        "lora_bytes": lora.stat().st_size if lora and lora.is_file() else None,
+        "lora_scale": settings.engine.lora_scale if lora else None,
+        **asdict(params),
+        "prompts": asdict(settings.prompts),
+        "chat_template": sha256_file(template) if template and template.is_file() else None,
+    }
+
+
+def _check_resume(output: Path, answered: int, record: dict) -> None:
+    held = dataset.read_settings(output)
+    if held is None:
+        console.notice(f"{output}: no record of the settings its {answered} answer(s) were made with; "
+                       "resuming them as they are (--no-resume starts over)")
+    elif changes := dataset.settings_changes(held, record):
+        raise UserError(f"{output} holds {answered} answer(s) made with other settings: {', '.join(changes[:4])}; "
+                        "rerun with those to go on, or --no-resume (or another --output) to start over")
+
+
 def fit_context(longest_prompt: int, max_new_tokens: int, n_ctx_train: int) -> int:
     """Enough for the longest prompt plus max_new_tokens, in steps of 256, capped by training."""
     need = longest_prompt + max_new_tokens
@@ -173,6 +199,9 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
     previous = dataset.previous_answers(held, items) if settings.resume and not settings.dry_run else {}
     if settings.dry_run and dataset.holds_answers(held):
         raise UserError(f"{output} holds answers; a dry run would replace them: choose another --output")
+    record = None if settings.dry_run else settings_record(settings, params, model_path)
+    if previous:
+        _check_resume(output, len(previous), record)
 
     with Engine(model_path, settings.engine) as engine:
         template = chat_template.load(engine.header.chat_template, engine.special_tokens(),
@@ -238,6 +267,8 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
 
             def done(key: str, gen: Generation) -> None:
                 outputs[key] = {"answer": clean_answer(gen.text, specials)}
+                if not result.generated:  # with the first answer: the old ones may go now
+                    dataset.write_settings(output, record)
                 dataset.write_output(output, items, outputs)  # a kill loses only the items in flight
                 result.generated += 1
                 result.new_tokens += len(gen.tokens)
@@ -270,6 +301,7 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
                 result.gen_seconds += stats.gen_seconds
         result.n_ctx = engine.n_ctx or n_ctx
         if not todo:
+            dataset.write_settings(output, record)
             dataset.write_output(output, items, outputs)
         for item in items:
             if item["input"].get("question_type") in (SELECTION, CORRECTION):
