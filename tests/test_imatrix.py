@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -132,6 +133,26 @@ def test_rerun_reuses_the_matrix_and_skips_finished_files(smollm2_hf, smollm2_im
     assert [(f.type, f.status) for f in more.files] == [("Q3_K_S-imatrix", "built")]
     assert more.imatrix_seconds is None and more.imatrix["sha256"] == calibrated.imatrix["sha256"]
     assert (calibrated.directory / "SmolLM2-135M-Instruct.imatrix.gguf").stat().st_mtime_ns == before
+
+
+def test_another_calibration_set_makes_the_imatrix_quant_again(smollm2_hf, smollm2_imatrix_models, tmp_path):
+    """A finished imatrix quant is skipped only when it was made on the calibration set asked for."""
+    _, calibrated = smollm2_imatrix_models
+    directory = tmp_path / "models" / calibrated.directory.name  # a copy: the fixture's files stay as they are
+    directory.mkdir(parents=True)
+    for name in ("manifest.json", "SmolLM2-135M-Instruct-BF16.gguf", "SmolLM2-135M-Instruct-Q4_K_M-imatrix.gguf",
+                 "SmolLM2-135M-Instruct.imatrix.gguf"):
+        shutil.copy(calibrated.directory / name, directory / name)
+    calib = tmp_path / "train.json"
+    calib.write_text(json.dumps(demo.samples_with_gold()[:3], ensure_ascii=False), encoding="utf-8")
+    settings = QuantizeSettings(types=("Q4_K_M",), output_dir=directory.parent, imatrix="auto", calibration=calib,
+                                check=False)
+    again = quantize(str(smollm2_hf), settings)
+    assert [f.status for f in again.files] == ["built"] and again.imatrix_seconds is not None
+    assert again.imatrix["calibration"] == "train.json" and again.imatrix["calibration_items"] == 3
+    entry = json.loads((directory / "manifest.json").read_text())["files"]["Q4_K_M-imatrix"]
+    assert entry["imatrix"]["calibration"] == "train.json" and entry["imatrix"]["sha256"] == again.imatrix["sha256"]
+    assert [f.status for f in quantize(str(smollm2_hf), settings).files] == ["skipped"]
 
 
 def test_base_model_calibration_is_plain_text():

@@ -10,6 +10,7 @@ matrix sees on it; llama-quantize then spends its rounding error where those are
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import time
@@ -35,6 +36,7 @@ class Calibration:
     source: str  # what it was made from, for the manifest
     items: int
     sha256: str  # of the text, so a changed calibration set makes a new matrix
+    items_sha256: str = ""  # of the items (items_sha256): known before any conversion
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,12 @@ def default_items() -> tuple[list[dict], str]:
     from . import demo
 
     return demo.samples_with_gold(), "bundled samples"
+
+
+def items_sha256(items: list[dict]) -> str:
+    """The calibration set's identity from the items alone, before the model's template renders
+    them: what quantize compares to see whether an imatrix quant was made on this set."""
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
 
 
 def load_items(path: Path) -> list[dict]:
@@ -80,7 +88,7 @@ def calibration(items: list[dict], source: str, template_text: str | None, speci
         answer = answer_of(item)
         parts.append(prompt + (answer.strip() if isinstance(answer, str) else ""))
     text = "\n\n".join(parts)
-    return Calibration(text, source, len(items), hashlib.sha256(text.encode()).hexdigest())
+    return Calibration(text, source, len(items), hashlib.sha256(text.encode()).hexdigest(), items_sha256(items))
 
 
 def chunk_size(n_tokens: int) -> int:
@@ -150,6 +158,7 @@ def describe(info: ImatrixInfo, calib: Calibration) -> dict:
         "calibration": calib.source,
         "calibration_items": calib.items,
         "calibration_sha256": calib.sha256,
+        "calibration_items_sha256": calib.items_sha256,
         "tokens": info.tokens,
         "chunks": info.chunks,
         "n_ctx": info.n_ctx,

@@ -138,13 +138,31 @@ def _imatrix(settings: QuantizeSettings, calibration_items: list[dict] | None, i
     recorded = man.get("imatrix") or {}
     if (path.is_file() and recorded.get("calibration_sha256") == calib.sha256
             and recorded.get("sha256") == sha256_file(path)):
-        result.imatrix = recorded
+        result.imatrix = {**recorded, "calibration_items_sha256": calib.items_sha256}  # older records lack it
         return path
     info = imx.compute(intermediate, calib, path, n_tokens, settings.threads)
     result.imatrix, result.imatrix_seconds = imx.describe(info, calib), info.seconds
     man["imatrix"] = result.imatrix
     manifest.save(directory, man)  # now: the matrix is reusable even if a quantization fails
     return path
+
+
+def _wanted_matrix(settings: QuantizeSettings, calibration_items: list[dict] | None) -> dict | None:
+    """What identifies the matrix this run quantizes with, known before any conversion: the given
+    file's hash, or the calibration items' (a matrix is computed from them)."""
+    if settings.imatrix is None:
+        return None
+    if settings.imatrix != "auto":
+        return {"sha256": sha256_file(Path(settings.imatrix).expanduser())}
+    from . import imatrix as imx
+
+    items = calibration_items if calibration_items is not None else imx.default_items()[0]
+    return {"calibration_items_sha256": imx.items_sha256(items)}
+
+
+def _made_with(entry: dict, wanted: dict | None) -> bool:
+    used = entry.get("imatrix") or {}
+    return wanted is None or all(used.get(k) == v for k, v in wanted.items())
 
 
 def _check_inputs(settings: QuantizeSettings, types: list[str]) -> list[dict] | None:
@@ -186,15 +204,18 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
         from . import tools
 
         tools.require()  # before any download or conversion
+    wanted = _wanted_matrix(settings, calibration_items)
     todo: list[str] = []
     for qtype in types:
         final = output_path(directory, name, qtype, with_imatrix)
         if final.exists() and not settings.force:
             entry = man["files"].get(output_key(qtype, with_imatrix)) if same_source else None
-            if _is_valid(final, entry, qtype):
+            if not _is_valid(final, entry, qtype):
+                raise OutputExists(f"{final} exists but was not made by toolkit from this source; --force replaces it")
+            if _made_with(entry, wanted):
                 result.files.append(_output(final, entry, "skipped"))
                 continue
-            raise OutputExists(f"{final} exists but was not made by toolkit from this source; --force replaces it")
+            # Ours, from another matrix (another --calibration or --imatrix file): made again.
         todo.append(qtype)
     if not todo:
         return result
@@ -238,8 +259,8 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
                 quantize_file(intermediate, final, qtype, settings.threads)
             entry = _describe(final, qtype, time.monotonic() - t0, intermediate=False)
             if result.imatrix is not None:
-                entry["imatrix"] = {k: result.imatrix[k] for k in ("file", "sha256", "calibration")
-                                    if k in result.imatrix}
+                entry["imatrix"] = {k: result.imatrix[k] for k in ("file", "sha256", "calibration",
+                                                                   "calibration_items_sha256") if k in result.imatrix}
             manifest.record(directory, man, output_key(qtype, with_imatrix), entry)
             result.files.append(_output(final, entry, "built"))
         built = [f.path for f in result.files if f.status == "built" and not f.intermediate]
