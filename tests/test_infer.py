@@ -221,6 +221,10 @@ def test_model_resolution_follows_links_and_skips_what_is_not_a_model(tmp_path):
     models.mkdir()
     (models / "x").symlink_to(elsewhere, target_is_directory=True)
     assert resolve_model(InferSettings(models_dir=models)) == models / "x" / "x-Q4_K_M.gguf"
+    # An alias and a link back up: still one model, found once.
+    (models / "y-latest").symlink_to(models / "x", target_is_directory=True)
+    (elsewhere / "up").symlink_to(tmp_path, target_is_directory=True)
+    assert resolve_model(InferSettings(models_dir=models)) == models / "x" / "x-Q4_K_M.gguf"
 
 
 def test_a_resume_sizes_the_context_for_the_items_left(tmp_path):

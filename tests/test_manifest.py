@@ -28,3 +28,15 @@ def test_record_rewrites_the_file_and_a_broken_one_reads_as_empty(tmp_path):
     assert manifest.load(tmp_path) == {}
     (tmp_path / manifest.FILENAME).write_text("[1, 2]", encoding="utf-8")
     assert manifest.load(tmp_path) == {} and manifest.load(tmp_path / "none") == {}
+
+
+def test_recorded_sha256_is_the_manifests_while_the_size_holds(tmp_path):
+    gguf = tmp_path / "m-Q4_K_M.gguf"
+    gguf.write_bytes(b"x" * 10)
+    assert manifest.recorded_sha256(gguf) is None  # no manifest
+    man = manifest.new({"kind": "local", "id": "m"})
+    manifest.record(tmp_path, man, "Q4_K_M", {"type": "Q4_K_M", "file": gguf.name, "size": 10, "sha256": "ab" * 32})
+    assert manifest.recorded_sha256(gguf) == "ab" * 32
+    assert manifest.recorded_sha256(tmp_path / "other.gguf") is None
+    gguf.write_bytes(b"x" * 11)  # changed behind the manifest's back: not what it describes
+    assert manifest.recorded_sha256(gguf) is None

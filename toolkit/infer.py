@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from . import chat_template, console, dataset, embedded, gguf
+from . import chat_template, console, dataset, embedded, gguf, manifest
 from .clean import clean_answer, has_answer_form
 from .engine import Engine, EngineSettings, Generation, LoadInfo
 from .errors import ModelNotFound, UserError
@@ -86,9 +86,20 @@ def resolve_model(settings: InferSettings) -> Path:
 
 def _ggufs_under(directory: Path) -> list[Path]:
     # os.walk, not Path.rglob: models/ often links to model folders on a bigger disk, and rglob
-    # (before Python 3.13) does not enter linked directories.
-    return sorted(Path(root) / name for root, _, names in os.walk(directory, followlinks=True)
-                  for name in names if name.endswith(".gguf") and not name.startswith("."))
+    # (before Python 3.13) does not enter linked directories. Each real folder and file once:
+    # an alias (latest -> x) is not a second model, and a link back up is not a loop.
+    seen_dirs: set[str] = set()
+    found: dict[Path, Path] = {}
+    for root, dirs, names in os.walk(directory, followlinks=True):
+        dirs.sort()
+        if os.path.realpath(root) in seen_dirs:
+            dirs.clear()
+            continue
+        seen_dirs.add(os.path.realpath(root))
+        for name in sorted(names):
+            if name.endswith(".gguf") and not name.startswith("."):
+                found.setdefault((Path(root) / name).resolve(), Path(root) / name)
+    return sorted(found.values())
 
 
 def default_output(input_path: Path, model: Path, dry_run: bool, lora: Path | None = None) -> Path:
@@ -155,14 +166,18 @@ def settings_record(settings: InferSettings, params: SamplingParams, model: Path
     """What decides the answers' text (not how fast they come): kept beside the output, so that a
     rerun resumes only answers made the same way."""
     lora, template = settings.engine.lora, settings.chat_template
+    # Name and size, and the sha256 that quantize's or lora's manifest keeps for it: a file made
+    # again in place (another --calibration, lora --force) is another model. Hashing gigabytes on
+    # every start is not worth it for files no manifest tracks.
     return {
-        "model": model.name, "model_bytes": model.stat().st_size,
+        "model": model.name, "model_bytes": model.stat().st_size, "model_sha256": manifest.recorded_sha256(model),
         "lora": lora.name if lora else None,
-        "lora_bytes": lora.stat().st_size if lora and lora.is_file() else None,
+        "lora_bytes": lora.stat().st_size if lora else None,
+        "lora_sha256": manifest.recorded_sha256(lora) if lora else None,
         "lora_scale": settings.engine.lora_scale if lora else None,
         **asdict(params),
         "prompts": asdict(settings.prompts),
-        "chat_template": sha256_file(template) if template and template.is_file() else None,
+        "chat_template": sha256_file(template) if template else None,
     }
 
 
@@ -199,13 +214,14 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
     previous = dataset.previous_answers(held, items) if settings.resume and not settings.dry_run else {}
     if settings.dry_run and dataset.holds_answers(held):
         raise UserError(f"{output} holds answers; a dry run would replace them: choose another --output")
-    record = None if settings.dry_run else settings_record(settings, params, model_path)
-    if previous:
-        _check_resume(output, len(previous), record)
 
     with Engine(model_path, settings.engine) as engine:
         template = chat_template.load(engine.header.chat_template, engine.special_tokens(),
                                       settings.chat_template, model_path.name)
+        # After the model, LoRA and template loaded (a missing one is said as such), before any answer.
+        record = None if settings.dry_run else settings_record(settings, params, model_path)
+        if previous:
+            _check_resume(output, len(previous), record)
         fold = not template.accepts_system()
         if fold and settings.prompts.system:
             console.notice("this chat template has no system role: the system prompt opens the user message")
@@ -267,9 +283,9 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
 
             def done(key: str, gen: Generation) -> None:
                 outputs[key] = {"answer": clean_answer(gen.text, specials)}
-                if not result.generated:  # with the first answer: the old ones may go now
-                    dataset.write_settings(output, record)
                 dataset.write_output(output, items, outputs)  # a kill loses only the items in flight
+                if not result.generated:  # after the first answer: a kill between the two is refused, not mixed
+                    dataset.write_settings(output, record)
                 result.generated += 1
                 result.new_tokens += len(gen.tokens)
                 result.cut_at_max_tokens += gen.stopped != "eog"
@@ -301,8 +317,8 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
                 result.gen_seconds += stats.gen_seconds
         result.n_ctx = engine.n_ctx or n_ctx
         if not todo:
-            dataset.write_settings(output, record)
             dataset.write_output(output, items, outputs)
+            dataset.write_settings(output, record)
         for item in items:
             if item["input"].get("question_type") in (SELECTION, CORRECTION):
                 result.form_checked += 1

@@ -54,3 +54,16 @@ def record(directory: Path, manifest: dict[str, Any], qtype: str, entry: dict[st
 def save(directory: Path, manifest: dict[str, Any]) -> None:
     manifest["toolkit_version"] = __version__
     write_json_atomic(directory / FILENAME, manifest)
+
+
+def recorded_sha256(path: Path) -> str | None:
+    """The sha256 the manifest beside a GGUF records for it (quantize and lora outputs), while the
+    file still has the recorded size; None for a file no manifest tracks."""
+    for entry in load(path.parent).get("files", {}).values():
+        if isinstance(entry, dict) and entry.get("file") == path.name:
+            try:
+                same_size = entry.get("size") == path.stat().st_size
+            except OSError:
+                return None
+            return entry.get("sha256") if same_size else None
+    return None
