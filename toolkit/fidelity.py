@@ -76,7 +76,7 @@ def competition_texts(engine: Engine, items: list[dict]) -> list[Text]:
             messages = chat_template.fold_system(messages)
         prompt = engine.tokenize(template.render(messages))
         answer = dataset.answer_of(item)
-        if isinstance(answer, str) and answer.strip():
+        if answer and answer.strip():
             continuation = engine.tokenize(answer.strip())
         else:
             continuation = _greedy(engine, prompt)

@@ -86,7 +86,7 @@ def calibration(items: list[dict], source: str, template_text: str | None, speci
                 messages = chat_template.fold_system(messages)
             prompt = template.render(messages)
         answer = answer_of(item)
-        parts.append(prompt + (answer.strip() if isinstance(answer, str) else ""))
+        parts.append(prompt + (answer or "").strip())
     text = "\n\n".join(parts)
     return Calibration(text, source, len(items), hashlib.sha256(text.encode()).hexdigest(), items_sha256(items))
 

@@ -92,10 +92,11 @@ def _ggufs_under(directory: Path) -> list[Path]:
     found: dict[Path, Path] = {}
     for root, dirs, names in os.walk(directory, followlinks=True):
         dirs.sort()
-        if os.path.realpath(root) in seen_dirs:
+        real = os.path.realpath(root)
+        if real in seen_dirs:
             dirs.clear()
             continue
-        seen_dirs.add(os.path.realpath(root))
+        seen_dirs.add(real)
         for name in sorted(names):
             if name.endswith(".gguf") and not name.startswith("."):
                 found.setdefault((Path(root) / name).resolve(), Path(root) / name)

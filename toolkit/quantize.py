@@ -117,7 +117,7 @@ def _output(path: Path, entry: dict, status: str) -> OutputFile:
 
 
 def _imatrix(settings: QuantizeSettings, calibration_items: list[dict] | None, intermediate: Path, directory: Path,
-             name: str, man: dict, result: QuantizeResult) -> Path:
+             name: str, man: dict, result: QuantizeResult, wanted: dict) -> Path:
     """The matrix to quantize with: the given file (checked by _check_inputs), or one computed
     on the calibration items (reused while the intermediate's source and the calibration text
     are unchanged)."""
@@ -125,7 +125,7 @@ def _imatrix(settings: QuantizeSettings, calibration_items: list[dict] | None, i
 
     if settings.imatrix != "auto":
         given = Path(settings.imatrix).expanduser()
-        result.imatrix = {"file": str(given.resolve()), "sha256": sha256_file(given), "calibration": "given file"}
+        result.imatrix = {"file": str(given.resolve()), "sha256": wanted["sha256"], "calibration": "given file"}
         return given
     if calibration_items is not None:
         items, source = calibration_items, settings.calibration.name
@@ -247,7 +247,7 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
                 if inter_type in todo:
                     result.files.append(_output(intermediate, entry, "built"))
         matrix = _imatrix(settings, calibration_items, intermediate, directory, name, man,
-                          result) if with_imatrix else None
+                          result, wanted) if with_imatrix else None
         for qtype in todo:
             if qtype == inter_type:
                 continue

@@ -225,8 +225,7 @@ def _load(path: Path, role: str) -> list[dict]:
         if key in seen:
             raise InvalidInput(f"{path}: duplicate id {key!r}")
         seen.add(key)
-        answer = answer_of(item)
-        if not isinstance(answer, str):
+        if answer_of(item) is None:
             raise InvalidInput(f"{path}: item {key!r} has no output.answer")
     return data
 
