@@ -19,10 +19,13 @@ def test_repeated_makes_ids_unique_and_keeps_the_order(tmp_path):
 
 
 def test_bench_json(tmp_path):
-    one = tmp_path / "one.json"  # the competition prompt is ~900 tokens here: one question, twice
+    one = tmp_path / "one.json"  # one question, twice
     one.write_text(json.dumps(json.loads(demo.samples_path().read_text(encoding="utf-8"))[:1]), encoding="utf-8")
+    # Short prompts, as infer would take them: the seed's system prompt is ~900 tokens here.
+    prompts = tmp_path / "short.toml"
+    prompts.write_text('system = "짧게 답하시오."\nselection = "고르시오."\ncorrection = "고치시오."\n', encoding="utf-8")
     r = run_cli("bench", str(embedded.smollm2_gguf()), "--input", str(one), "--repeat", "2", "--parallel", "1",
-                "--parallel", "2", "--max-new-tokens", "4", "--json", timeout=600)
+                "--parallel", "2", "--max-new-tokens", "4", "--prompts", str(prompts), "--json", timeout=600)
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     assert [row["parallel"] for row in rows] == [1, 2]
@@ -30,6 +33,12 @@ def test_bench_json(tmp_path):
         assert {"parallel", "prompt_tps", "gen_tps", "aggregate_tps", "seconds_per_item", "peak_rss_mb"} <= set(row)
         assert row["prompt_tps"] > 0 and row["peak_rss_mb"] > 50 and row["items"] == 2
         assert row["new_tokens"] > 0 and row["gen_tps"] > 0
+    # The prompts given are the ones benched: two items at --parallel 1, each far below the seed's ~900 tokens.
+    dry = run_cli("infer", str(one), "--model", str(embedded.smollm2_gguf()), "--prompts", str(prompts), "--dry-run",
+                  "--output", str(tmp_path / "dry.json"))
+    assert dry.returncode == 0, dry.stderr
+    n = json.loads((tmp_path / "dry.json").read_text(encoding="utf-8"))[0]["output"]["prompt_tokens"]
+    assert rows[0]["prompt_tokens"] == 2 * n < 400
 
 
 def test_bench_bad_model(tmp_path):

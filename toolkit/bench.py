@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .engine import EngineSettings
 from .errors import ToolkitError, UserError
+from .prompts import PromptSet
 from .sampler import SamplingParams
 
 
@@ -22,6 +23,8 @@ class BenchSettings:
     parallel: tuple[int, ...] = (1, 4)
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(max_new_tokens=128))
     engine: EngineSettings = field(default_factory=EngineSettings)
+    # The prompts' length decides prompt time: bench with the ones infer will use.
+    prompts: PromptSet = field(default_factory=PromptSet)
 
 
 def _watch_vram(stop: threading.Event, peak: list[int]) -> None:
@@ -32,16 +35,15 @@ def _watch_vram(stop: threading.Event, peak: list[int]) -> None:
         peak[0] = max(peak[0], used)
 
 
-def _run_one(model: str, input_path: str, parallel: int, sampling: SamplingParams, engine: EngineSettings,
-             out: "mp.Queue") -> None:
+def _run_one(model: str, input_path: str, parallel: int, settings: BenchSettings, out: "mp.Queue") -> None:
     try:
-        out.put(_measure(model, input_path, parallel, sampling, engine))
+        out.put(_measure(model, input_path, parallel, settings))
     except BaseException as e:  # reported by the parent, which would otherwise wait forever
         # A request that cannot be met (a context too big for the GPU …) stays a user error: exit 2.
         out.put({"error": f"{type(e).__name__}: {e}", "user_error": isinstance(e, UserError)})
 
 
-def _measure(model: str, input_path: str, parallel: int, sampling: SamplingParams, engine: EngineSettings) -> dict:
+def _measure(model: str, input_path: str, parallel: int, settings: BenchSettings) -> dict:
     from . import backend
     from .infer import InferSettings, infer
 
@@ -54,7 +56,8 @@ def _measure(model: str, input_path: str, parallel: int, sampling: SamplingParam
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             r = infer(Path(input_path), InferSettings(model=Path(model), output=Path(tmp) / "out.json", resume=False,
-                                                      parallel=parallel, sampling=sampling, engine=engine))
+                                                      parallel=parallel, sampling=settings.sampling,
+                                                      engine=settings.engine, prompts=settings.prompts))
             wall = time.perf_counter() - t0
     finally:
         stop.set()
@@ -105,8 +108,7 @@ def bench(model: Path, input_path: Path | None = None, settings: BenchSettings =
         path = repeated(input_path, repeat, Path(tmp))
         for parallel in settings.parallel:
             queue = ctx.Queue()
-            proc = ctx.Process(target=_run_one, args=(str(model), str(path), parallel, settings.sampling,
-                                                      settings.engine, queue))
+            proc = ctx.Process(target=_run_one, args=(str(model), str(path), parallel, settings, queue))
             proc.start()
             row = _row(proc, queue)
             proc.join()

@@ -225,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=positive, default=1, help="use the questions this many times over")
     p.add_argument("--parallel", type=positive, action="append", help="repeatable (default: 1 and 4)")
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--prompts", type=Path, help="TOML with system / selection / correction / generic, as infer "
+                   "takes (default: the seed's prompts)")
     _add_placement(p)
     p.add_argument("--batch-invariant", action="store_true")
     p.add_argument("--json", action="store_true", help="print a list of objects")
@@ -505,8 +507,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from .bench import BenchSettings, bench
     from .engine import EngineSettings
+    from .prompts import PromptSet, load_prompt_file
 
     settings = BenchSettings(parallel=tuple(args.parallel or (1, 4)),
+                             prompts=load_prompt_file(args.prompts) if args.prompts else PromptSet(),
                              sampling=SamplingParams(max_new_tokens=args.max_new_tokens).validate(),
                              engine=EngineSettings(n_gpu_layers=args.n_gpu_layers, vram_limit=args.vram_limit,
                                                    cache_type=args.cache_type, batch_invariant=args.batch_invariant))
