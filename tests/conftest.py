@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from toolkit import demo, embedded, vendor
-from toolkit.convert import convert
 from toolkit.quantize import QuantizeSettings, quantize
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,8 +70,16 @@ def tiny_hf(smollm2_hf, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smollm2_bf16(smollm2_hf, tmp_path_factory) -> Path:
-    return convert(smollm2_hf, tmp_path_factory.mktemp("bf16") / "smol-BF16.gguf", "auto")
+def smollm2_kept(smollm2_hf, tmp_path_factory):
+    """Q4_K_M of SmolLM2 with its BF16 intermediate kept: one conversion serves the tests that
+    need the 16-bit file and the imatrix tests that quantize beside a plain quant."""
+    return quantize(str(smollm2_hf), QuantizeSettings(types=("Q4_K_M",), output_dir=tmp_path_factory.mktemp("kept"),
+                                                      keep_intermediate=True, check=False))
+
+
+@pytest.fixture(scope="session")
+def smollm2_bf16(smollm2_kept) -> Path:
+    return smollm2_kept.directory / f"{smollm2_kept.directory.name}-BF16.gguf"
 
 
 @pytest.fixture(scope="session")

@@ -25,11 +25,15 @@ def built_tools() -> tools.Tools:
 
 
 @pytest.fixture(scope="session")
-def smollm2_imatrix_models(smollm2_hf, built_tools, tmp_path_factory):
+def smollm2_imatrix_models(smollm2_hf, smollm2_kept, built_tools, tmp_path_factory):
     """Plain and imatrix Q4_K_M of SmolLM2 in one directory, the BF16 intermediate kept."""
     out = tmp_path_factory.mktemp("imatrix-models")
-    plain = quantize(str(smollm2_hf), QuantizeSettings(types=("Q4_K_M",), output_dir=out, keep_intermediate=True,
-                                                      check=False))
+    directory = out / smollm2_kept.directory.name  # a copy of the plain quant and its kept intermediate
+    directory.mkdir()
+    for name in ("manifest.json", f"{directory.name}-BF16.gguf", f"{directory.name}-Q4_K_M.gguf"):
+        shutil.copy(smollm2_kept.directory / name, directory / name)
+    plain = quantize(str(smollm2_hf), QuantizeSettings(types=("Q4_K_M",), output_dir=out, check=False))
+    assert [f.status for f in plain.files] == ["skipped"]
     calibrated = quantize(str(smollm2_hf), QuantizeSettings(types=("Q4_K_M", "Q2_K_S"), output_dir=out,
                                                            imatrix="auto", check=False))
     return plain, calibrated
@@ -81,6 +85,7 @@ def test_imatrix_quants_sit_beside_the_plain_ones(smollm2_imatrix_models):
     plain, calibrated = smollm2_imatrix_models
     by_type = {f.type: f for f in calibrated.files}
     assert set(by_type) == {"Q4_K_M-imatrix", "Q2_K_S-imatrix"}
+    assert calibrated.convert_seconds is None  # the kept BF16 intermediate is reused, not converted again
     q4 = by_type["Q4_K_M-imatrix"].path
     assert q4.name == "SmolLM2-135M-Instruct-Q4_K_M-imatrix.gguf" and q4.is_file()
     assert plain.files[0].path.is_file() and plain.files[0].sha256 != by_type["Q4_K_M-imatrix"].sha256

@@ -50,6 +50,12 @@ def run(questions, out, parallel, **kw):
     return result, json.loads(out.read_text(encoding="utf-8"))
 
 
+@pytest.fixture(scope="module")
+def sampled(questions, tmp_path_factory):
+    """--parallel 4, the seed's sampling: what the reproducibility and resume tests compare against."""
+    return run(questions, tmp_path_factory.mktemp("sampled") / "a.json", 4)
+
+
 def answers(data):
     return [d["output"]["answer"] for d in data]
 
@@ -74,8 +80,8 @@ def test_greedy_batched_equals_single_stream(questions, tmp_path):
     assert r8.parallel == 8 and len(set(answers(one))) > 1
 
 
-def test_batched_sampling_is_reproducible_and_complete(questions, tmp_path):
-    first, a = run(questions, tmp_path / "a.json", 4)
+def test_batched_sampling_is_reproducible_and_complete(questions, sampled, tmp_path):
+    first, a = sampled
     _, b = run(questions, tmp_path / "b.json", 4)
     assert answers(a) == answers(b)
     items = json.loads(questions.read_text(encoding="utf-8"))
@@ -87,9 +93,9 @@ def test_batched_sampling_is_reproducible_and_complete(questions, tmp_path):
 
 
 @pytest.mark.parametrize("invariant", [False, True])
-def test_resume_with_parallel(questions, tmp_path, invariant):
+def test_resume_with_parallel(questions, sampled, tmp_path, invariant):
     engine = EngineSettings(batch_invariant=invariant)
-    _, full = run(questions, tmp_path / "full.json", 4, engine=engine)
+    _, full = run(questions, tmp_path / "full.json", 4, engine=engine) if invariant else sampled
     partial = tmp_path / "partial.json"
     data = [dict(d) for d in full]
     for d in data[5:]:
