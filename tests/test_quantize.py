@@ -115,14 +115,13 @@ def test_force_and_keep_intermediate(tiny_hf, tmp_path):
 
 
 def test_second_architecture_gemma3(gemma3_hf, tmp_path):
-    result = quantize(str(gemma3_hf), QuantizeSettings(types=("Q4_K_M", "Q8_0"), output_dir=tmp_path, check=False))
-    q4, q8 = (gguf.read(f.path) for f in result.files)
-    assert q4.architecture == q8.architecture == "gemma3"
-    assert (q4.file_type, q8.file_type) == (15, 7)
-    assert "Q4_K" in q4.tensor_type_counts() and "Q8_0" in q8.tensor_type_counts()
-    assert q4.n_params == q8.n_params == 268098176
+    # One type is enough here: the llama tests cover the type mix; this one, another architecture.
+    result = quantize(str(gemma3_hf), QuantizeSettings(types=("Q4_K_M",), output_dir=tmp_path, check=False))
+    (q4,) = result.files
+    info = gguf.read(q4.path)
+    assert info.architecture == "gemma3" and info.file_type == 15 and "Q4_K" in info.tensor_type_counts()
+    assert info.n_params == 268098176
     # transformers' rebuild carries no SentencePiece model, so the converter takes the BPE path.
-    assert q8.metadata["tokenizer.ggml.model"] == "gpt2"
-    for f in result.files:
-        text, n = generate(f.path, "Seoul is the capital of")
-        assert n > 0
+    assert info.metadata["tokenizer.ggml.model"] == "gpt2"
+    text, n = generate(q4.path, "Seoul is the capital of")
+    assert n > 0
