@@ -131,6 +131,7 @@ def test_rerun_reuses_the_matrix_and_skips_finished_files(smollm2_hf, smollm2_im
     again = quantize(str(smollm2_hf), QuantizeSettings(types=("Q4_K_M",), output_dir=calibrated.directory.parent,
                                                       imatrix="auto", check=False))
     assert [f.status for f in again.files] == ["skipped"]
+    assert again.imatrix == calibrated.imatrix  # what the skipped file was made with, from the manifest
     # A new type reuses the matrix: the calibration text and the source are unchanged.
     before = (calibrated.directory / "SmolLM2-135M-Instruct.imatrix.gguf").stat().st_mtime_ns
     more = quantize(str(smollm2_hf), QuantizeSettings(types=("Q3_K_S",), output_dir=calibrated.directory.parent,

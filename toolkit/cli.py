@@ -316,8 +316,10 @@ def print_quantize_result(result) -> None:
     if result.convert_seconds is not None:
         captions.append(f"conversion: {result.convert_seconds:.1f} s")
     if result.imatrix is not None:
+        built = any(f.status == "built" for f in result.files)
         how = (f"computed in {result.imatrix_seconds:.1f} s" if result.imatrix_seconds is not None
-               else "reused" if result.imatrix.get("calibration") != "given file" else "given")
+               else "given" if result.imatrix.get("calibration") == "given file"
+               else "reused" if built else "as recorded")
         on = (f" on {result.imatrix['calibration']} ({result.imatrix['calibration_items']} items, "
               f"{result.imatrix['tokens']} tokens)" if "tokens" in result.imatrix else "")
         captions.append(f"imatrix {Path(result.imatrix['file']).name}{on}, {how}")

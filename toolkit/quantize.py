@@ -147,6 +147,14 @@ def _imatrix(settings: QuantizeSettings, calibration_items: list[dict] | None, i
     return path
 
 
+def _matrix_of(man: dict, files: list[OutputFile]) -> dict | None:
+    """The matrix finished imatrix files were made with, as their records say (the manifest's
+    fuller record of it when it is the same matrix)."""
+    made = next((man["files"][f.type]["imatrix"] for f in files if "imatrix" in man["files"].get(f.type, {})), None)
+    recorded = man.get("imatrix") or {}
+    return recorded if made and recorded.get("sha256") == made.get("sha256") else made
+
+
 def _wanted_matrix(settings: QuantizeSettings, calibration_items: list[dict] | None) -> dict | None:
     """What identifies the matrix this run quantizes with, known before any conversion: the given
     file's hash, or the calibration items' (a matrix is computed from them)."""
@@ -218,6 +226,8 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
             # Ours, from another matrix (another --calibration or --imatrix file): made again.
         todo.append(qtype)
     if not todo:
+        if with_imatrix:
+            result.imatrix = _matrix_of(man, result.files)
         return result
 
     checkpoint = fetch(source, token)
