@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="prompt / generation / aggregate tok/s and memory at several --parallel",
                        description="Runs infer on the questions (default: the bundled samples) once per --parallel "
-                                   "setting, each in a fresh process, with the seed's sampling.")
+                                   "setting, each in a fresh process, with the seed's sampling and prompts.")
     p.add_argument("model", type=Path, help="GGUF file")
     p.add_argument("--input", type=Path, help="competition JSON (default: the bundled sample questions)")
     p.add_argument("--repeat", type=positive, default=1, help="use the questions this many times over")
