@@ -75,5 +75,5 @@ def test_a_request_that_cannot_be_met_stays_a_user_error(tmp_path):
                                ensure_ascii=False), encoding="utf-8")
     r = run_cli("bench", str(embedded.smollm2_gguf()), "--input", str(long), "--parallel", "1")
     assert r.returncode == 2, r.stderr
-    assert "bench at --parallel 1 failed: UserError: the longest prompt has" in r.stderr
+    assert "bench at --parallel 1 failed: UserError: the prompt of item 1 has" in r.stderr
     assert "more than the 8192 the model was trained on" in r.stderr

@@ -9,7 +9,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 from conftest import run_cli
 from toolkit import embedded, gguf
 from toolkit.chat_template import ChatTemplate, fold_system, load
-from toolkit.errors import NoChatTemplate
+from toolkit.errors import NoChatTemplate, UserError
 from toolkit.engine import Engine
 from toolkit.prompts import PromptSet, build_messages
 
@@ -103,6 +103,15 @@ def test_model_without_template_is_refused(gemma3_gguf, tmp_path):
     inp.write_text('[{"id": "1", "input": {"question_type": "선택형", "question": "고르시오."}}]', encoding="utf-8")
     r = run_cli("infer", str(inp), "--model", str(gemma))
     assert r.returncode == 2 and "--chat-template" in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("source,reason", [
+    ('{{ raise_exception("no tools here") }}', "no tools here"),
+    ("{{ undefined_fn() }}", "'undefined_fn' is undefined"),
+])
+def test_a_template_that_fails_to_render_is_named(source, reason):
+    with pytest.raises(UserError, match=f"chat template from my.jinja failed to render: {reason}"):
+        ChatTemplate(source, origin="my.jinja").render(MESSAGES)
 
 
 def test_sandbox_refuses_unsafe_templates():

@@ -164,3 +164,28 @@ def test_holds_answers_reads_a_byte_order_mark(tmp_path):
     assert holds_answers(check_output(out, ITEMS))
     write_output(out, ITEMS, {"1": {"prompt": "p", "prompt_tokens": 3}})  # a dry run's file
     assert not holds_answers(check_output(out, ITEMS)) and not holds_answers(check_output(tmp_path / "none.json", ITEMS))
+
+
+def test_an_output_with_other_questions_under_the_same_ids_is_refused(tmp_path):
+    """Resume goes by id: an answer to another question under the same id (an edited input, another
+    round's file) must not be kept as this question's."""
+    out = tmp_path / "answers.json"
+    write_output(out, ITEMS, {"1": {"answer": "가"}})
+    before = out.read_bytes()
+    edited = [ITEMS[0], {**ITEMS[1], "input": {**ITEMS[1]["input"], "question": "다른 질문?"}}]
+    with pytest.raises(InvalidInput, match=r"other questions under the same ids \(2\)"):
+        check_output(out, edited)
+    assert out.read_bytes() == before
+    assert check_output(out, ITEMS)  # the same questions: resumed as before
+
+
+def test_answers_go_through_a_linked_output_to_its_target(tmp_path):
+    target = tmp_path / "shared" / "submit.json"
+    target.parent.mkdir()
+    target.write_text("[]", encoding="utf-8")
+    link = tmp_path / "submit.json"
+    link.symlink_to(target)
+    check_output(link, ITEMS)
+    write_output(link, ITEMS, {"1": {"answer": "가"}})
+    assert link.is_symlink() and answer_of(json.loads(target.read_text(encoding="utf-8"))[0]) == "가"
+    assert not list(target.parent.glob(".*")) and not list(tmp_path.glob(".*"))

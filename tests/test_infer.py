@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 
 from conftest import REPO, header_only, run_cli
-from toolkit import demo, embedded
+from toolkit import dataset, demo, embedded
 from toolkit.errors import UserError
 from toolkit.infer import InferSettings, default_output, fit_context, infer, resolve_model
 from toolkit.prompts import PromptSet
@@ -100,6 +100,9 @@ def test_rerun_resumes_and_no_resume_starts_over(embedded_run, tmp_path, capsys)
     assert (result.resumed, result.generated) == (8, 0)
     assert "no record of the settings its 8 answer(s) were made with" in " ".join(capsys.readouterr().err.split())
     assert read(out) == read(first)
+    # Resuming them does not vouch for them: they still have no record (another run with other
+    # settings must not find one saying they were made its way).
+    assert not dataset.settings_path(out).exists()
     result = infer(SAMPLES, settings(output=out, resume=False))
     assert (result.resumed, result.generated) == (0, 8)
 
@@ -332,8 +335,13 @@ def test_a_prompt_longer_than_the_context_is_refused_with_the_right_remedy(tmp_p
     long.write_text(json.dumps([{"id": "1", "input": {"question_type": "교정형", "question": "가나다 " * 4000}}],
                                ensure_ascii=False), encoding="utf-8")
     r = run_cli("infer", str(long), "--model", model, "--n-ctx", "65536", "--output", str(tmp_path / "b.json"))
-    assert r.returncode == 2 and "more than the 8192 the model was trained on" in r.stderr and "--n-ctx" not in r.stderr
+    assert r.returncode == 2 and "the prompt of item 1 has" in r.stderr and "--n-ctx" not in r.stderr
+    assert "more than the 8192 the model was trained on" in " ".join(r.stderr.split())
     assert not (tmp_path / "a.json").exists() and not (tmp_path / "b.json").exists()
+    # A dry run is how one finds such items: it writes every prompt's count and names the long ones.
+    r = run_cli("infer", str(long), "--model", model, "--dry-run", "--output", str(tmp_path / "p.json"))
+    assert r.returncode == 0 and "the prompt of item 1 has" in r.stderr, r.stderr
+    assert read(tmp_path / "p.json")[0]["output"]["prompt_tokens"] > 8192
 
 
 def _address_space(gib: int):

@@ -4,6 +4,7 @@ LoRA against the merged file, and the errors a user sees."""
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from conftest import run_cli
 from fakehub import FakeHub
 from toolkit import embedded, gguf
 from toolkit.engine import Engine, EngineSettings
-from toolkit.errors import AdapterMismatch
+from toolkit.errors import AdapterMismatch, UserError
 from toolkit.infer import InferSettings, resolve_model
 from toolkit.lora import LoraSettings, export_lora, is_lora_gguf
 from toolkit.quantize import QuantizeSettings, quantize
@@ -270,6 +271,13 @@ def test_errors_are_one_line_and_exit_2(case, smollm2_hf, smollm2_lora, gemma3_h
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert expect in r.stderr, r.stderr
     assert not (tmp_path / "models").exists() or not list((tmp_path / "models").rglob("*.gguf"))
+
+
+def test_an_output_that_cannot_take_the_file_is_refused_before_any_conversion(smollm2_hf, smollm2_lora, tmp_path):
+    with pytest.raises(UserError, match="is a directory; --output takes a file name"):
+        export_lora(str(smollm2_lora), str(smollm2_hf), LoraSettings(output=tmp_path))
+    with pytest.raises(UserError, match="/proc/toolkit: cannot write there"):
+        export_lora(str(smollm2_lora), str(smollm2_hf), LoraSettings(output=Path("/proc/toolkit/l.gguf")))
 
 
 def test_a_tensor_the_converter_cannot_map_is_a_user_error(tmp_path):

@@ -64,8 +64,24 @@ def test_prompt_file_errors(tmp_path):
     bad.write_text("not = toml = at all")
     with pytest.raises(UserError, match="not valid TOML"):
         load_prompt_file(bad)
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="no such file"):
         text_or_file(f"@{tmp_path / 'missing.txt'}")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"\xff\xfe system")
+    with pytest.raises(UserError, match="not UTF-8 text"):
+        text_or_file(f"@{latin}")
+    with pytest.raises(UserError, match="not UTF-8 text"):
+        load_prompt_file(latin)
+
+
+def test_prompt_files_saved_with_a_byte_order_mark_are_read(tmp_path):
+    # Windows Notepad writes UTF-8 with a BOM, which TOML itself refuses.
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes("\ufeffsystem = \"짧게 답하시오.\"\n".encode("utf-8"))
+    assert load_prompt_file(bom).system == "짧게 답하시오."
+    text = tmp_path / "s.txt"
+    text.write_bytes("\ufeff짧게.".encode("utf-8"))
+    assert text_or_file(f"@{text}") == "짧게."
 
 
 def test_unknown_type_warns(capsys):

@@ -1,13 +1,14 @@
 """End to end on real checkpoints: SmolLM2 (llama) and gemma-3-270m (gemma3)."""
 
 import json
+from pathlib import Path
 
 import pytest
 from llama_cpp import Llama
 
 from conftest import run_cli
-from toolkit import gguf
-from toolkit.errors import OutputExists
+from toolkit import embedded, gguf
+from toolkit.errors import OutputExists, UserError
 from toolkit.fsutil import sha256_file
 from toolkit.quantize import QuantizeSettings, quantize
 
@@ -89,6 +90,31 @@ def test_option_errors_come_before_any_conversion(smollm2_hf, tmp_path, extra, m
     r = run_cli("quantize", str(smollm2_hf), "--output-dir", str(tmp_path), *extra)
     assert r.returncode == 2 and match in r.stderr and r.stderr.strip().count("\n") == 0
     assert not list(tmp_path.iterdir())
+
+
+def test_a_wrong_imatrix_file_or_an_unwritable_place_is_refused_before_any_conversion(smollm2_hf, tmp_path):
+    """Each of these used to fail only after the conversion, most with exit 1."""
+    model = embedded.smollm2_gguf()
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(model.read_bytes()[:100_000])
+    (tmp_path / "od").mkdir()
+    (tmp_path / "od" / smollm2_hf.name).write_text("a file where the model's folder goes")
+    out = tmp_path / "out"
+    for kw, match in [
+        ({"imatrix": str(empty)}, "not an importance matrix"),
+        ({"imatrix": str(model)}, "is a model, not an importance matrix"),
+        ({"imatrix": str(truncated)}, "truncated"),
+        ({"imatrix": "auto", "calibration": empty}, "the list of items is empty"),
+        ({"output_dir": tmp_path / "od"}, "cannot write there \\(a file, not a directory\\)"),
+        ({"output_dir": Path("/proc/toolkit-models")}, "/proc/toolkit-models/SmolLM2-135M-Instruct: cannot write there"),
+    ]:
+        with pytest.raises(UserError, match=match):
+            quantize(str(smollm2_hf), QuantizeSettings(**{"output_dir": out, "check": False, **kw}))
+    assert not out.exists()
+    r = run_cli("quantize", str(smollm2_hf), "--imatrix", str(empty), "--output-dir", str(out))
+    assert r.returncode == 2 and "not an importance matrix" in r.stderr and r.stderr.strip().count("\n") == 0
 
 
 def test_output_dir_that_is_a_file(smollm2_hf, tmp_path):

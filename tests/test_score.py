@@ -112,6 +112,17 @@ def test_report_by_type(pair, rouge):
     assert report.by_type["교정형"].n == 2 and report.by_type["교정형"].exact_match == 0.0
 
 
+def test_gold_items_without_an_input_object_count_as_unknown_type(pair, tmp_path):
+    pred, gold = pair
+    items = json.loads(gold.read_text(encoding="utf-8"))
+    for item in items:
+        item["input"] = item["input"]["question"]  # text instead of an object
+    plain = tmp_path / "gold.json"
+    plain.write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
+    report = score(pred, plain)
+    assert set(report.by_type) == {"unknown"} and report.final == pytest.approx(score(pred, gold).final)
+
+
 def test_cli_json(pair, tmp_path):
     r = run_cli("score", *map(str, pair), "--json", env={"HF_HUB_CACHE": str(tmp_path / "empty-cache")})
     assert r.returncode == 0, r.stderr

@@ -35,10 +35,26 @@ def test_local_paths(tmp_path):
         locate(str(tmp_path / "missing"))
     with pytest.raises(NotACheckpoint, match="no such directory"):
         locate("./not/a/repo/id")
+    with pytest.raises(NotACheckpoint, match="not a Hugging Face repo id"):
+        locate("team--x/model")  # "--" and ".." are refused by the hub's own validator, before any request
+
+
+def test_a_local_checkpoint_needs_weights_and_a_config_object(tmp_path):
+    """Said before the converter writes a GGUF without tensors that llama.cpp then cannot load."""
+    (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(NotACheckpoint, match="no \\*.safetensors or pytorch_model\\*.bin weights"):
+        locate(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    assert locate(str(tmp_path)).kind == "local"
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(NotACheckpoint, match="not a JSON object"):
+        locate(str(tmp_path))
 
 
 def test_local_identity_changes_when_the_checkpoint_changes(tmp_path):
     (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
     first = locate(str(tmp_path))
     assert first.kind == "local" and first.name == tmp_path.name
     (tmp_path / "model.safetensors").write_bytes(b"new weights")

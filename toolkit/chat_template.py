@@ -66,6 +66,12 @@ class ChatTemplate:
             raise UserError(f"chat template from {self.origin} does not parse: {e}") from None
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
+        try:
+            return self._render(messages, add_generation_prompt, **kwargs)
+        except (jinja2.exceptions.TemplateError, TypeError, ValueError) as e:  # raise_exception(), an undefined name …
+            raise UserError(f"chat template from {self.origin} failed to render: {e}") from None
+
+    def _render(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
         variables = {**self.special_tokens, "enable_thinking": False, **kwargs}
         return self._template.render(messages=messages, tools=None, documents=None,
                                      add_generation_prompt=add_generation_prompt, **variables)
@@ -73,7 +79,7 @@ class ChatTemplate:
     def accepts_system(self) -> bool:
         """Some templates (gemma-2) raise on a system message."""
         try:
-            self.render([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}])
+            self._render([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}])
             return True
         except jinja2.exceptions.TemplateError:
             return False

@@ -27,9 +27,12 @@ def read_config(checkpoint: Path) -> dict:
     if not path.is_file():
         raise NotACheckpoint(f"{checkpoint}: no config.json, so not a Hugging Face checkpoint directory")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
         raise NotACheckpoint(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise NotACheckpoint(f"{path}: not a JSON object, so not a model's config")
+    return config
 
 
 def checkpoint_dtype(config: dict) -> str | None:

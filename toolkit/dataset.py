@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from .errors import InvalidInput, OutputNotWritable
-from .fsutil import partial_path, write_json_atomic, write_text_atomic
+from .fsutil import ensure_writable_dir, through_link, write_json_atomic, write_text_atomic
 
 
 def item_key(item: dict) -> str:
@@ -83,16 +83,15 @@ def check_output(output: Path, items: list[dict]) -> list[dict]:
         held = _answers_list(output)
         if held is None:
             raise InvalidInput(f"{output} exists and is not an answers file; choose another --output")
-        if {str(i.get("id")) for i in held} - {item_key(i) for i in items}:
+        inputs = {item_key(i): i["input"] for i in items}
+        if {str(i.get("id")) for i in held} - set(inputs):
             raise InvalidInput(f"{output} holds other questions than this input; choose another --output")
-    probe = partial_path(output)  # the temporary file beside the output: can it be made there?
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with open(probe, "w", encoding="utf-8"):
-            pass
-        probe.unlink()
-    except OSError as e:
-        raise OutputNotWritable(f"{output}: cannot write there ({e.strerror})") from None
+        # Same id, another question (an edited or another round's file): its answer is not this one's.
+        # (Items without an input, as a hand-made file may have, can only be matched by id.)
+        if changed := [str(i["id"]) for i in held if "input" in i and i["input"] != inputs[str(i["id"])]]:
+            raise InvalidInput(f"{output} holds other questions under the same ids ({', '.join(changed[:3])}"
+                               f"{', …' if len(changed) > 3 else ''}); choose another --output")
+    ensure_writable_dir(through_link(output).parent)  # where the temporary file and the rename happen
     return held
 
 

@@ -19,9 +19,32 @@ def partial_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.partial")
 
 
+def ensure_writable_dir(directory: Path) -> None:
+    """Make `directory` (and its parents) and create a file in it: a place that cannot take the
+    output is said before any long work, not after it."""
+    from .errors import OutputNotWritable
+
+    if directory.exists() and not directory.is_dir():
+        raise OutputNotWritable(f"{directory}: cannot write there (a file, not a directory)")
+    probe = directory / f".toolkit-probe-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise OutputNotWritable(f"{directory}: cannot write there ({e.strerror})") from None
+
+
+def through_link(path: Path) -> Path:
+    """Where a write to `path` must land: a symbolic link's target (a rename onto the link
+    itself would replace the link and leave its target as it was)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path; rename it to `final` only if the block succeeds."""
+    """Yield a temporary path; rename it to `final` (a link's target) only if the block succeeds."""
+    final = through_link(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(final)
     tmp.unlink(missing_ok=True)

@@ -66,6 +66,8 @@ def load_items(path: Path) -> list[dict]:
     if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("input"), dict)
                                               and "question" in i["input"] for i in items):
         raise UserError(f"{path}: expected a list of competition items with input.question")
+    if not items:
+        raise UserError(f"{path}: the list of items is empty")
     return items
 
 

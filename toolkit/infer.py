@@ -192,6 +192,14 @@ def _check_resume(output: Path, answered: int, record: dict) -> None:
                         "rerun with those to go on, or --no-resume (or another --output) to start over")
 
 
+def _prompts_of(keys: list[str]) -> str:
+    """"the prompt of item 7 has" / "the prompts of items 3, 7 and 2 more have up to"."""
+    if len(keys) == 1:
+        return f"the prompt of item {keys[0]} has"
+    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+    return f"the prompts of items {', '.join(keys[:3])}{more} have up to"
+
+
 def fit_context(longest_prompt: int, max_new_tokens: int, n_ctx_train: int) -> int:
     """Enough for the longest prompt plus max_new_tokens, in steps of 256, capped by training."""
     need = longest_prompt + max_new_tokens
@@ -250,12 +258,17 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
                 if batched and todo else None)
         n_ctx = settings.engine.n_ctx or (
             plan.n_ctx if plan else fit_context(longest, params.max_new_tokens, engine.info.n_ctx_train))
-        if longest >= engine.info.n_ctx_train:  # no --n-ctx helps: the model was trained on shorter texts
-            raise UserError(f"the longest prompt has {longest} tokens, more than the {engine.info.n_ctx_train} "
-                            f"the model was trained on; shorten that question or the instructions")
-        if longest >= n_ctx:
+        too_long = [dataset.item_key(i) for i in todo if len(token_ids[dataset.item_key(i)]) >= engine.info.n_ctx_train]
+        if too_long and not settings.dry_run:  # no --n-ctx helps: the model was trained on shorter texts
+            raise UserError(f"{_prompts_of(too_long)} {longest} tokens, more than the {engine.info.n_ctx_train} "
+                            "the model was trained on; shorten that question or the instructions (--dry-run "
+                            "writes every prompt's token count)")
+        if too_long:  # a dry run is how one finds them: it goes on, and says which
+            console.notice(f"{_prompts_of(too_long)} {longest} tokens, more than the {engine.info.n_ctx_train} "
+                           "the model was trained on")
+        elif longest >= n_ctx:  # a dry run checks the context too: a run's settings, tried in seconds
             raise UserError(f"the longest prompt has {longest} tokens but the context is {n_ctx}; raise --n-ctx")
-        if plan and n_ctx < plan.n_ctx:  # a user's --n-ctx below what this run may need
+        if plan and n_ctx < plan.n_ctx and not too_long:  # a user's --n-ctx below what this run may need
             _check_batched_context(n_ctx, plan, parallel, longest, unified)
         # A decode asks for one row of logits per sequence at most (llama.cpp counts the shared
         # heads' sequences too): sized for that, not for a whole 512-token batch, its logits
@@ -317,9 +330,8 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
                 result.prompt_seconds += stats.prompt_seconds
                 result.gen_seconds += stats.gen_seconds
         result.n_ctx = engine.n_ctx or n_ctx
-        if not todo:
+        if not todo:  # (no record written: answers resumed without one must not gain one)
             dataset.write_output(output, items, outputs)
-            dataset.write_settings(output, record)
         for item in items:
             if item["input"].get("question_type") in (SELECTION, CORRECTION):
                 result.form_checked += 1

@@ -15,7 +15,7 @@ from . import gguf, manifest
 from .adapter import Adapter, base_tensors, check_base, load_adapter, runtime_adapter_dir
 from .convert import LORA_OUTTYPES, convert_lora
 from .errors import OutputExists, UserError
-from .fsutil import sha256_file
+from .fsutil import ensure_writable_dir, sha256_file, through_link
 from .source import Source, fetch, locate
 
 
@@ -66,12 +66,15 @@ def export_lora(adapter_spec: str, base_spec: str, settings: LoraSettings = Lora
     same = tracked and manifest.same_origin(recorded, base.identity(), lora.source.identity())
     man = recorded if same else manifest.new(base.identity(), lora.record())
 
+    if out.is_dir():
+        raise UserError(f"{out}: is a directory; --output takes a file name")
     if out.exists() and not settings.force:
         entry = man["files"].get(key) if same else None
         if entry and entry.get("size") == out.stat().st_size and is_lora_gguf(out):
             return LoraResult(lora, base, out, entry["size"], entry["seconds"], "skipped")
         raise OutputExists(f"{out} exists but was not made by toolkit from this adapter and base; --force replaces it")
 
+    ensure_writable_dir(through_link(out).parent)  # before the download and conversion
     checkpoint = fetch(base, token)
     # Refuse before converting: the converter's own failure for a foreign base is an assert.
     check_base(lora, base_tensors(checkpoint), checkpoint.name, runtime=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import console
+from .dataset import read_text
 from .errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -68,11 +69,7 @@ class PromptSet:
 def text_or_file(value: str) -> str:
     """`@path` reads the text from a file (UTF-8); anything else is the text itself."""
     if value.startswith("@"):
-        path = Path(value[1:]).expanduser()
-        try:
-            return path.read_text(encoding="utf-8").strip("\n")
-        except OSError as e:
-            raise UserError(f"cannot read prompt file {path}: {e.strerror}") from None
+        return read_text(Path(value[1:]).expanduser(), "prompt file").strip("\n")
     return value
 
 
@@ -82,10 +79,9 @@ _TOML_KEYS = {"system": "system", "selection": "selection", "선택형": "select
 
 def load_prompt_file(path: Path, base: PromptSet = PromptSet()) -> PromptSet:
     """A TOML file with any of: system, selection (선택형), correction (교정형), generic."""
+    text = read_text(Path(path), "prompts file")  # a BOM (Windows editors) dropped; not UTF-8 said so
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML ({e})") from None
     unknown = sorted(set(data) - set(_TOML_KEYS))

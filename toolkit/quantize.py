@@ -17,7 +17,7 @@ from .adapter import Adapter, load_adapter, merged_checkpoint
 from .convert import convert, read_config, resolve_outtype
 from .engine import Engine, EngineSettings
 from .errors import InvalidGGUF, OutputExists, UserError
-from .fsutil import sha256_file
+from .fsutil import ensure_writable_dir, sha256_file
 from .quantizer import (DEFAULT_TYPE, IMATRIX_TYPES, QUANT_TYPES, canonical_type, imatrix_required, quantize_file,
                         quantize_file_with_imatrix, verify_loads)
 from .source import Source, fetch, locate
@@ -173,6 +173,22 @@ def _made_with(entry: dict, wanted: dict | None) -> bool:
     return wanted is None or all(used.get(k) == v for k, v in wanted.items())
 
 
+def _check_matrix_file(path: Path) -> None:
+    """llama-quantize takes a GGUF imatrix or llama-imatrix's legacy .dat (an int32 count of
+    entries first); anything else would fail only after the conversion."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such imatrix file (or use --imatrix auto)")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"GGUF":
+        kind = gguf.read(path).metadata.get("general.type")  # a truncated file is said as such
+        if kind != "imatrix":
+            what = gguf.NOT_MODELS.get(kind, "a model")
+            raise UserError(f"{path}: is {what}, not an importance matrix (llama-imatrix's output, or --imatrix auto)")
+    elif len(head) < 4 or not 0 < int.from_bytes(head, "little", signed=True) < 1_000_000:
+        raise UserError(f"{path}: not an importance matrix (neither a GGUF imatrix nor llama-imatrix's .dat)")
+
+
 def _check_inputs(settings: QuantizeSettings, types: list[str]) -> list[dict] | None:
     """What can be refused from the options alone, before any download or conversion. Returns
     the --calibration items, read and checked once here."""
@@ -184,8 +200,8 @@ def _check_inputs(settings: QuantizeSettings, types: list[str]) -> list[dict] | 
     if settings.imatrix is None:
         if needing := [t for t in types if t in IMATRIX_TYPES]:
             raise imatrix_required(needing)
-    elif settings.imatrix != "auto" and not Path(settings.imatrix).expanduser().is_file():
-        raise UserError(f"{settings.imatrix}: no such imatrix file (or use --imatrix auto)")
+    elif settings.imatrix != "auto":
+        _check_matrix_file(Path(settings.imatrix).expanduser())
     if not settings.calibration:
         return None
     from . import imatrix as imx
@@ -230,6 +246,7 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
             result.imatrix = _matrix_of(man, result.files)
         return result
 
+    ensure_writable_dir(directory)  # before a download or conversion that could not be kept
     checkpoint = fetch(source, token)
     inter_type = resolve_outtype(settings.outtype, read_config(checkpoint)).upper()
     inter_final = output_path(directory, name, inter_type)

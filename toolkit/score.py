@@ -258,7 +258,8 @@ def score(pred_path: Path, gold_path: Path, bertscore_model: Path | None = None,
     rows = []
     for i, (_, gold) in enumerate(pairs):
         row = {k: (v[i] if v is not None else None) for k, v in columns.items()}
-        row["type"] = str((gold.get("input") or {}).get("question_type", "unknown"))
+        inp = gold.get("input")  # only for the by-type table: a gold item without one is "unknown"
+        row["type"] = str(inp.get("question_type", "unknown")) if isinstance(inp, dict) else "unknown"
         rows.append(row)
     report = _report(rows)
     for qtype in dict.fromkeys(r["type"] for r in rows):

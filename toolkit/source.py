@@ -88,6 +88,8 @@ def locate(model: str, revision: str | None = None, token: str | None = None) ->
             raise NotACheckpoint(f"{model}: is a file, not a checkpoint directory")
         path = path.resolve()
         read_config(path)  # raises NotACheckpoint without config.json
+        if not any(p.suffix in (".safetensors", ".bin") for p in path.iterdir()):
+            raise NotACheckpoint(f"{model}: no *.safetensors or pytorch_model*.bin weights beside config.json")
         return Source("local", str(path), path.name, fingerprint=_fingerprint(path), path=path)
     if model.startswith((".", "/", "~")) or os.sep + os.sep in model or model.count("/") > 1 or not _REPO_ID.fullmatch(model):
         raise NotACheckpoint(f"{model}: no such directory, and not a Hugging Face repo id (owner/name)")
@@ -122,6 +124,9 @@ def _locate_hub(repo_id: str, revision: str | None, token: str | None, adapter: 
     name = repo_id.split("/")[-1]
     try:
         info = HfApi().model_info(repo_id, revision=revision, token=token, files_metadata=True)
+    except errors.HFValidationError:  # "--", "..", too long: never a repo on the hub
+        error = InvalidAdapter if adapter else NotACheckpoint
+        raise error(f"{repo_id}: no such directory, and not a Hugging Face repo id (owner/name)") from None
     except errors.GatedRepoError:
         raise GatedRepo(
             f"{repo_id} is gated: accept its terms on huggingface.co, then set HF_TOKEN to a token with access"
