@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import OutputNotWritable
+
 
 def partial_path(final: Path) -> Path:
     """The temporary name a file is written under before it is renamed into place.
@@ -22,8 +24,6 @@ def partial_path(final: Path) -> Path:
 def ensure_writable_dir(directory: Path) -> None:
     """Make `directory` (and its parents) and create a file in it: a place that cannot take the
     output is said before any long work, not after it."""
-    from .errors import OutputNotWritable
-
     if directory.exists() and not directory.is_dir():
         raise OutputNotWritable(f"{directory}: cannot write there (a file, not a directory)")
     probe = directory / f".toolkit-probe-{os.getpid()}"

@@ -248,7 +248,8 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
                 raise UserError(f"item {key}: the chat template renders an empty prompt")
         todo = [i for i in items if dataset.item_key(i) not in previous]
         # Only the prompts still to answer size the context: a resume never needs room for the rest.
-        longest = max((len(token_ids[dataset.item_key(i)]) for i in todo), default=0)
+        lengths = {key: len(token_ids[key]) for key in map(dataset.item_key, todo)}
+        longest = max(lengths.values(), default=0)
         parallel = max(1, min(settings.parallel or default_parallel(engine), len(todo) or 1))
         unified = not settings.engine.batch_invariant
         # One at a time takes the plain path, except batch-invariant runs: they share the
@@ -258,7 +259,7 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
                 if batched and todo else None)
         n_ctx = settings.engine.n_ctx or (
             plan.n_ctx if plan else fit_context(longest, params.max_new_tokens, engine.info.n_ctx_train))
-        too_long = [dataset.item_key(i) for i in todo if len(token_ids[dataset.item_key(i)]) >= engine.info.n_ctx_train]
+        too_long = [key for key, n in lengths.items() if n >= engine.info.n_ctx_train]
         if too_long and not settings.dry_run:  # no --n-ctx helps: the model was trained on shorter texts
             raise UserError(f"{_prompts_of(too_long)} {longest} tokens, more than the {engine.info.n_ctx_train} "
                             "the model was trained on; shorten that question or the instructions (--dry-run "

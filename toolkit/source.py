@@ -92,7 +92,7 @@ def locate(model: str, revision: str | None = None, token: str | None = None) ->
             raise NotACheckpoint(f"{model}: no *.safetensors or pytorch_model*.bin weights beside config.json")
         return Source("local", str(path), path.name, fingerprint=_fingerprint(path), path=path)
     if model.startswith((".", "/", "~")) or os.sep + os.sep in model or model.count("/") > 1 or not _REPO_ID.fullmatch(model):
-        raise NotACheckpoint(f"{model}: no such directory, and not a Hugging Face repo id (owner/name)")
+        raise _not_found(model, adapter=False)
     return _locate_hub(model, revision, token)
 
 
@@ -107,8 +107,14 @@ def locate_adapter(adapter: str, revision: str | None = None, token: str | None 
             raise InvalidAdapter(f"{adapter}: no {ADAPTER_CONFIG}, so not a PEFT adapter directory")
         return Source("local", str(path), path.name, fingerprint=_fingerprint(path), path=path)
     if adapter.startswith((".", "/", "~")) or adapter.count("/") > 1 or not _REPO_ID.fullmatch(adapter):
-        raise InvalidAdapter(f"{adapter}: no such directory, and not a Hugging Face repo id (owner/name)")
+        raise _not_found(adapter, adapter=True)
     return _locate_hub(adapter, revision, token, adapter=True)
+
+
+def _not_found(spec: str, adapter: bool) -> Exception:
+    """Neither a local directory nor something the hub could hold."""
+    error = InvalidAdapter if adapter else NotACheckpoint
+    return error(f"{spec}: no such directory, and not a Hugging Face repo id (owner/name)")
 
 
 def _hub_errors():
@@ -125,8 +131,7 @@ def _locate_hub(repo_id: str, revision: str | None, token: str | None, adapter: 
     try:
         info = HfApi().model_info(repo_id, revision=revision, token=token, files_metadata=True)
     except errors.HFValidationError:  # "--", "..", too long: never a repo on the hub
-        error = InvalidAdapter if adapter else NotACheckpoint
-        raise error(f"{repo_id}: no such directory, and not a Hugging Face repo id (owner/name)") from None
+        raise _not_found(repo_id, adapter) from None
     except errors.GatedRepoError:
         raise GatedRepo(
             f"{repo_id} is gated: accept its terms on huggingface.co, then set HF_TOKEN to a token with access"
