@@ -1,10 +1,12 @@
+import re
+
 import pytest
 from llama_cpp import Llama
 
 from conftest import run_cli
 from toolkit import embedded
 from toolkit.engine import Engine
-from toolkit.errors import InvalidGGUF
+from toolkit.errors import InvalidGGUF, LoadFailed
 from toolkit.sampler import Sampler, SamplingParams
 
 PROMPT = "<|im_start|>user\n한국의 수도는 어디인가요?<|im_end|>\n<|im_start|>assistant\n"
@@ -79,6 +81,21 @@ def test_bad_model_files(tmp_path, make):
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
     assert ("GGUF" if make != "missing" else "no such model file") in r.stderr
     assert out.read_text(encoding="utf-8") == previous
+
+
+def test_a_model_llama_cpp_rejects_is_named_with_the_loaders_reason(tmp_path):
+    """A well-formed GGUF whose header disagrees with its tensors: the reason is the loader's own
+    line, not the "failed to load model" that follows it."""
+    data = bytearray(embedded.smollm2_gguf().read_bytes())
+    key = b"llama.feed_forward_length"
+    at = data.index(key) + len(key)
+    assert data[at:at + 8] == (4).to_bytes(4, "little") + (1536).to_bytes(4, "little")  # uint32 1536
+    data[at + 4:at + 8] = (1024).to_bytes(4, "little")
+    path = tmp_path / "odd.gguf"
+    path.write_bytes(data)
+    reason = "check_tensor_dims: tensor 'blk.0.ffn_gate.weight' has wrong shape; expected 576, 1024, got 576, 1536, 1, 1"
+    with pytest.raises(LoadFailed, match="^" + re.escape(f"llama.cpp cannot load odd.gguf: {reason}") + "$"):
+        Engine(path)
 
 
 def _failure(log: str):

@@ -24,15 +24,18 @@ def llama3_8b_q4_k_m() -> fit.ModelShape:
                           largest_tensor=(48_200_000,) * 32, output_matrix_bytes=430_000_000)
 
 
-def test_kv_cache_estimate_equals_llama_cpp_allocation():
-    shape = fit.shape_of(embedded.smollm2_gguf())
-    req = fit.FitRequest(n_ctx=3000)
-    with Engine(embedded.smollm2_gguf(), EngineSettings(n_gpu_layers=0)) as engine:
-        engine.open_context(3000)
-        text = "\n".join(engine.buffer_sizes)
-    reported = float(re.search(r"KV buffer size =\s+([\d.]+) MiB", text).group(1))
-    estimate = sum(fit.kv_bytes_per_layer(shape, i, req) for i in range(shape.n_layer))
-    assert estimate / 2**20 == pytest.approx(reported, abs=0.01)  # 3072 padded cells × 30 layers × 768 B
+def test_kv_cache_estimate_equals_llama_cpp_allocation(gemma3_gguf):
+    # SmolLM2: 3072 padded cells × 30 layers × 768 B. gemma-3: two caches, the sliding-window
+    # layers' and the global ones' (llama.cpp sizes both for the whole context).
+    for path in (embedded.smollm2_gguf(), gemma3_gguf):
+        shape = fit.shape_of(path)
+        req = fit.FitRequest(n_ctx=3000)
+        with Engine(path, EngineSettings(n_gpu_layers=0)) as engine:
+            engine.open_context(3000)
+            text = "\n".join(engine.buffer_sizes)
+        reported = sum(float(m) for m in re.findall(r"KV buffer size =\s+([\d.]+) MiB", text))
+        estimate = sum(fit.kv_bytes_per_layer(shape, i, req) for i in range(shape.n_layer))
+        assert estimate / 2**20 == pytest.approx(reported, abs=0.01), path.name
 
 
 @pytest.mark.parametrize("rows", [None, 1, 16])

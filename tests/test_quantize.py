@@ -1,13 +1,16 @@
-"""End to end on real checkpoints: SmolLM2 (llama) and gemma-3-270m (gemma3)."""
+"""End to end on real checkpoints: SmolLM2 (llama) and gemma-3-270m (gemma3); the teams' other
+architectures (Qwen3, EXAONE 4) as small random checkpoints with Qwen's real tokenizer."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 from llama_cpp import Llama
 
 from conftest import run_cli
-from toolkit import embedded, gguf
+from toolkit import demo, embedded, fit, gguf
+from toolkit.engine import Engine, EngineSettings
 from toolkit.errors import OutputExists, UserError
 from toolkit.fsutil import sha256_file
 from toolkit.quantize import QuantizeSettings, quantize
@@ -151,3 +154,85 @@ def test_second_architecture_gemma3(gemma3_hf, tmp_path):
     assert info.metadata["tokenizer.ggml.model"] == "gpt2"
     text, n = generate(q4.path, "Seoul is the capital of")
     assert n > 0
+
+
+@pytest.fixture(scope="module")
+def qwen_tokenizer(converter, tmp_path_factory) -> Path:
+    """Qwen's tokenizer (llama.cpp's vocab-only ggml-vocab-qwen2.gguf, read by transformers) with
+    Qwen3's chat template from the same sdist."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(converter.vocabs, gguf_file="ggml-vocab-qwen2.gguf")
+    tok.chat_template = (converter.templates / "Qwen-Qwen3-0.6B.jinja").read_text(encoding="utf-8")
+    out = tmp_path_factory.mktemp("qwen-tokenizer")
+    tok.save_pretrained(out)
+    return out
+
+
+def random_checkpoint(kind: str, tokenizer: Path, out: Path, **shape) -> Path:
+    """Four layers of random weights in transformers' own layout for `kind`, saved as bf16."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    config = AutoConfig.for_model(kind, vocab_size=len(tok), hidden_size=256, intermediate_size=512,
+                                  num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=4096, tie_word_embeddings=True,
+                                  eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), **shape)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("kind, shape, keys", [
+    # Qwen3-4B's attention is wider than its hidden size (32 heads × 128 > 2560): so is this one's.
+    ("qwen3", {"head_dim": 128}, {"qwen3.attention.key_length": 128, "qwen3.embedding_length": 256}),
+    # EXAONE 4: three sliding-window layers to one global.
+    ("exaone4", {"head_dim": 64, "sliding_window": 128, "sliding_window_pattern": 4},
+     {"exaone4.attention.sliding_window": 128}),
+])
+def test_qwen3_and_exaone4_quantize_fit_and_answer(kind, shape, keys, qwen_tokenizer, tmp_path):
+    checkpoint = random_checkpoint(kind, qwen_tokenizer, tmp_path / f"tiny-{kind}", **shape)
+    (q4,) = quantize(str(checkpoint), QuantizeSettings(types=("Q4_K_M",), output_dir=tmp_path / "models",
+                                                       check=False)).files
+    info = gguf.read(q4.path)
+    assert info.architecture == kind and info.file_type == 15
+    assert {k: info.metadata[k] for k in keys} == keys
+    # auto-fit's KV estimate is llama.cpp's own allocation for these layouts too.
+    model_shape = fit.shape_of(q4.path)
+    with Engine(q4.path, EngineSettings(n_gpu_layers=0)) as engine:
+        engine.open_context(3000, n_seq_max=4)
+        reported = sum(float(m) for m in re.findall(r"KV buffer size =\s+([\d.]+) MiB", "\n".join(engine.buffer_sizes)))
+    estimate = sum(fit.kv_bytes_per_layer(model_shape, i, fit.FitRequest(n_ctx=3000)) for i in range(model_shape.n_layer))
+    assert estimate / 2**20 == pytest.approx(reported, abs=0.01)
+    # Qwen3's real template, with thinking off as the baseline asks; answers for every item.
+    out = tmp_path / "answers.json"
+    r = run_cli("infer", str(demo.samples_path()), "--model", str(q4.path), "--output", str(out), "--greedy",
+                "--max-new-tokens", "4", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    prompts = [item["output"]["prompt"] for item in json.loads(out.read_text(encoding="utf-8"))]
+    assert all(p.startswith("<|im_start|>system\n") and p.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+               for p in prompts)
+    out.unlink()
+    r = run_cli("infer", str(demo.samples_path()), "--model", str(q4.path), "--output", str(out), "--greedy",
+                "--max-new-tokens", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["generated"] == 8 and 8 <= summary["new_tokens"] <= 32
+    items = json.loads(out.read_text(encoding="utf-8"))
+    assert len(items) == 8 and all(isinstance(item["output"]["answer"], str) for item in items)
+
+
+def test_a_converted_file_llama_cpp_rejects_is_named_with_its_reason_and_not_left(qwen_tokenizer, tmp_path):
+    """llama.cpp's EXAONE 4 needs heads × head_dim = hidden size: this checkpoint (4 × 128 ≠ 256)
+    converts, but does not load."""
+    checkpoint = random_checkpoint("exaone4", qwen_tokenizer, tmp_path / "odd-exaone4", head_dim=128)
+    models = tmp_path / "models"
+    for flag in ("--bf16", "--q4_k_m"):  # the 16-bit intermediate as the output, and a quant of it
+        r = run_cli("quantize", str(checkpoint), flag, "--output-dir", str(models), "--no-check")
+        name = f"odd-exaone4-{flag[2:].upper()}.gguf"
+        assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
+            f"error: llama.cpp cannot load {name}: check_tensor_dims: tensor 'blk.0.attn_output.weight' "
+            "has wrong shape; expected 256, 256, got 512, 256, 1, 1"), r.stderr  # (after the progress bars)
+        assert not [p.name for p in (models / "odd-exaone4").iterdir() if p.suffix != ".json"]

@@ -156,7 +156,7 @@ class Engine:
         if not self.model:
             if failure := log.allocation_failure():
                 raise OutOfMemory(weights_do_not_fit(self.path.name, failure, n_gpu_layers, planned=self.fit_plan is not None))
-            raise LoadFailed(f"llama.cpp cannot load {self.path.name}: {log.last_error() or 'unknown reason'}")
+            raise LoadFailed(f"llama.cpp cannot load {self.path.name}: {log.load_error() or 'unknown reason'}")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         n_layer = self.header.block_count or 0

@@ -20,6 +20,9 @@ from typing import Callable, Iterator
 # ("alloc_tensor_range: failed to allocate CUDA0 buffer of size 4617388032"): the weights, the
 # KV cache and the compute buffers all come through it, on every backend.
 _ALLOC_FAILED = re.compile(r"failed to allocate (\S+) buffer of size (\d+)")
+# The loader's own reason; the line after it ("llama_model_load_from_file_impl: failed to load
+# model") only says that it failed.
+_LOAD_ERROR = re.compile(r"error loading model: (.+)")
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,14 @@ class LogTail:
             if "error" in low or "failed" in low:
                 return line.strip()
         return None
+
+    def load_error(self) -> str | None:
+        """Why llama.cpp could not load a model (a tensor of the wrong shape, an unknown
+        architecture …), else the last error line."""
+        for line in reversed(self.lines):
+            if m := _LOAD_ERROR.search(line):
+                return " ".join(m.group(1).split())  # its shapes are padded: "expected    256,    256"
+        return self.last_error()
 
     def allocation_failure(self) -> AllocationFailure | None:
         """The last buffer llama.cpp could not allocate, if that is why it failed."""

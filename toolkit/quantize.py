@@ -16,7 +16,7 @@ from . import gguf, manifest
 from .adapter import Adapter, load_adapter, merged_checkpoint
 from .convert import convert, read_config, resolve_outtype
 from .engine import Engine, EngineSettings
-from .errors import InvalidGGUF, OutputExists, UserError
+from .errors import InvalidGGUF, LoadFailed, OutputExists, UserError
 from .fsutil import ensure_writable_dir, sha256_file
 from .quantizer import (DEFAULT_TYPE, IMATRIX_TYPES, QUANT_TYPES, canonical_type, imatrix_required, quantize_file,
                         quantize_file_with_imatrix, verify_loads)
@@ -268,7 +268,11 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
                 convert(checkpoint, intermediate, settings.outtype)
                 result.convert_seconds = time.monotonic() - t0
             if keep:
-                verify_loads(intermediate)
+                try:
+                    verify_loads(intermediate)
+                except LoadFailed:
+                    intermediate.unlink()  # finished by the converter but unusable: never left looking done
+                    raise
                 entry = _describe(intermediate, inter_type, result.convert_seconds, intermediate=True)
                 manifest.record(directory, man, inter_type, entry)
                 if inter_type in todo:

@@ -92,7 +92,7 @@ def quantize_file(src: Path, dst: Path, qtype: str, nthread: int = 0) -> None:
         if result.get("rc", 1) != 0:
             reason = log.last_error() or "no reason given"
             raise QuantizationFailed(f"llama.cpp could not quantize {src.name} to {qtype}: {reason}")
-        verify_loads(tmp)
+        verify_loads(tmp, dst.name)
 
 
 def quantize_file_with_imatrix(src: Path, dst: Path, qtype: str, imatrix: Path, nthread: int = 0) -> None:
@@ -115,11 +115,12 @@ def quantize_file_with_imatrix(src: Path, dst: Path, qtype: str, imatrix: Path, 
         if rc != 0:
             reason = log.last_error() or "no reason given"
             raise QuantizationFailed(f"llama-quantize could not quantize {src.name} to {qtype}: {reason}")
-        verify_loads(tmp)
+        verify_loads(tmp, dst.name)
 
 
-def verify_loads(path: Path) -> int:
-    """Load the file with llama.cpp (CPU, mmap) and return its parameter count."""
+def verify_loads(path: Path, name: str | None = None) -> int:
+    """Load the file with llama.cpp (CPU, mmap) and return its parameter count; `name` is what
+    the error calls it (the final name of a file still under its temporary one)."""
     import llama_cpp
 
     mparams = llama_cpp.llama_model_default_params()
@@ -127,7 +128,7 @@ def verify_loads(path: Path) -> int:
     with llama_log.capture() as log:
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
     if not model:
-        raise LoadFailed(f"llama.cpp cannot load {path.name}: {log.last_error() or 'unknown reason'}")
+        raise LoadFailed(f"llama.cpp cannot load {name or path.name}: {log.load_error() or 'unknown reason'}")
     try:
         return int(llama_cpp.llama_model_n_params(model))
     finally:
