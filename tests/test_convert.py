@@ -10,6 +10,7 @@ import pytest
 from conftest import REPO
 from toolkit import gguf
 from toolkit.convert import checkpoint_dtype, convert, resolve_outtype
+from toolkit.converter_entry import complete_hparams
 from toolkit.errors import NotACheckpoint, UnsupportedArchitecture, UserError
 
 
@@ -74,3 +75,16 @@ def test_ctrl_c_during_conversion_leaves_nothing_that_looks_finished(smollm2_hf,
     assert proc.returncode == 130, err.decode()
     # No GGUF, no partial, no intermediate: nothing at all is left.
     assert [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_exaone3_keys_reach_the_converter_under_both_names():
+    """converter_entry's adaptation: as the raw config.json reads (transformers 4.57.6, llama.cpp's
+    pin) and as transformers 5's ExaoneConfig renames it, the converter gets both names."""
+    raw = {"architectures": ["ExaoneForCausalLM"], "activation_function": "silu", "layer_norm_epsilon": 1e-5,
+           "num_layers": 32}
+    renamed = {"architectures": ["ExaoneForCausalLM"], "hidden_act": "silu", "rms_norm_eps": 1e-5,
+               "num_hidden_layers": 32}
+    both = {**raw, **renamed}
+    assert complete_hparams(dict(raw)) == both and complete_hparams(dict(renamed)) == both
+    llama = {"architectures": ["LlamaForCausalLM"], "hidden_act": "silu", "rms_norm_eps": 1e-5}
+    assert complete_hparams(dict(llama)) == llama  # nothing else changes

@@ -1,5 +1,5 @@
 """End to end on real checkpoints: SmolLM2 (llama) and gemma-3-270m (gemma3); the teams' other
-architectures (Qwen3, EXAONE 4) as small random checkpoints with Qwen's real tokenizer."""
+architectures (Qwen3, EXAONE 3.5 and 4) as small random checkpoints with Qwen's real tokenizer."""
 
 import json
 import re
@@ -185,15 +185,62 @@ def random_checkpoint(kind: str, tokenizer: Path, out: Path, **shape) -> Path:
     return out
 
 
+def random_exaone3_checkpoint(tokenizer: Path, out: Path) -> Path:
+    """EXAONE 3.0/3.5's layout (a remote-code model: transformers has its config, not its model),
+    with the config keys its checkpoints on the hub use, random weights."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    h, ff, n_layers, n_head, n_kv, head_dim = 256, 512, 4, 4, 2, 64
+    config = {"architectures": ["ExaoneForCausalLM"], "model_type": "exaone", "activation_function": "silu",
+              "auto_map": {"AutoConfig": "configuration_exaone.ExaoneConfig",
+                           "AutoModelForCausalLM": "modeling_exaone.ExaoneForCausalLM"},
+              "hidden_size": h, "intermediate_size": ff, "num_layers": n_layers, "num_attention_heads": n_head,
+              "num_key_value_heads": n_kv, "head_dim": head_dim, "layer_norm_epsilon": 1e-5,
+              "max_position_embeddings": 4096, "vocab_size": len(tok), "rope_theta": 1e6,
+              "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                               "original_max_position_embeddings": 2048},
+              "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+              "eos_token_id": tok.convert_tokens_to_ids("<|im_end|>")}
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*size):
+        return (torch.randn(*size, generator=gen) * 0.02).to(torch.bfloat16)
+
+    def ones():
+        return torch.ones(h, dtype=torch.bfloat16)
+
+    tensors = {"transformer.wte.weight": rand(len(tok), h), "transformer.ln_f.weight": ones()}
+    for i in range(n_layers):
+        p = f"transformer.h.{i}."
+        tensors.update({p + "ln_1.weight": ones(), p + "ln_2.weight": ones(),
+                        p + "attn.attention.q_proj.weight": rand(n_head * head_dim, h),
+                        p + "attn.attention.k_proj.weight": rand(n_kv * head_dim, h),
+                        p + "attn.attention.v_proj.weight": rand(n_kv * head_dim, h),
+                        p + "attn.attention.out_proj.weight": rand(h, n_head * head_dim),
+                        p + "mlp.c_fc_0.weight": rand(ff, h), p + "mlp.c_fc_1.weight": rand(ff, h),
+                        p + "mlp.c_proj.weight": rand(h, ff)})
+    out.mkdir(parents=True)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    tok.save_pretrained(out)
+    return out
+
+
 @pytest.mark.parametrize("kind, shape, keys", [
     # Qwen3-4B's attention is wider than its hidden size (32 heads × 128 > 2560): so is this one's.
     ("qwen3", {"head_dim": 128}, {"qwen3.attention.key_length": 128, "qwen3.embedding_length": 256}),
     # EXAONE 4: three sliding-window layers to one global.
     ("exaone4", {"head_dim": 64, "sliding_window": 128, "sliding_window_pattern": 4},
      {"exaone4.attention.sliding_window": 128}),
+    # EXAONE 3.0/3.5: llama.cpp's converter needs toolkit.converter_entry's adaptation for it.
+    ("exaone", None, {"exaone.attention.layer_norm_rms_epsilon": pytest.approx(1e-5), "exaone.block_count": 4}),
 ])
-def test_qwen3_and_exaone4_quantize_fit_and_answer(kind, shape, keys, qwen_tokenizer, tmp_path):
-    checkpoint = random_checkpoint(kind, qwen_tokenizer, tmp_path / f"tiny-{kind}", **shape)
+def test_qwen3_and_exaone_quantize_fit_and_answer(kind, shape, keys, qwen_tokenizer, tmp_path):
+    checkpoint = (random_exaone3_checkpoint(qwen_tokenizer, tmp_path / "tiny-exaone") if kind == "exaone" else
+                  random_checkpoint(kind, qwen_tokenizer, tmp_path / f"tiny-{kind}", **shape))
     (q4,) = quantize(str(checkpoint), QuantizeSettings(types=("Q4_K_M",), output_dir=tmp_path / "models",
                                                        check=False)).files
     info = gguf.read(q4.path)

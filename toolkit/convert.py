@@ -92,7 +92,8 @@ def _run(converter: vendor.Converter, args: list[str], out: Path, outtype: str, 
     tail: deque[str] = deque(maxlen=40)
     with atomic_path(out) as tmp, console.step_progress() as progress:
         task = progress.add_task(label, total=100)
-        cmd = [sys.executable, *args, "--outfile", str(tmp), "--outtype", outtype]
+        # Started through converter_entry: the script runs unchanged (see there for the one adaptation).
+        cmd = [sys.executable, "-m", "toolkit.converter_entry", *args, "--outfile", str(tmp), "--outtype", outtype]
         with child(cmd, env=env) as proc:
             buf = b""
             while chunk := proc.stdout.read1(4096):
