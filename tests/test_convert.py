@@ -11,7 +11,7 @@ from conftest import REPO
 from toolkit import gguf
 from toolkit.convert import checkpoint_dtype, convert, resolve_outtype
 from toolkit.converter_entry import complete_hparams
-from toolkit.errors import NotACheckpoint, UnsupportedArchitecture, UserError
+from toolkit.errors import NotACheckpoint, UnsupportedArchitecture, UnsupportedTokenizer, UserError
 
 
 @pytest.mark.parametrize("config,expected", [
@@ -57,6 +57,18 @@ def test_unsupported_architecture_gives_the_converters_reason(smollm2_hf, tmp_pa
         convert(ckpt, tmp_path / "out" / "weird-F16.gguf", "auto")
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
+
+def test_a_tokenizer_llama_cpp_does_not_know_is_named(smollm2_hf, tmp_path):
+    """llama.cpp recognises a BPE tokenizer by the hash of its tokens for a fixed text; one whose
+    pre-tokenization was changed (here: a space put before the text) is not one it can run."""
+    ckpt = tmp_path / "odd-tokenizer"
+    shutil.copytree(smollm2_hf, ckpt)
+    tokenizer = json.loads((ckpt / "tokenizer.json").read_text(encoding="utf-8"))
+    tokenizer["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    (ckpt / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+    with pytest.raises(UnsupportedTokenizer, match=r"does not know this tokenizer's pre-tokenization \(hash [0-9a-f]{16}…\)"):
+        convert(ckpt, tmp_path / "out" / "odd-F16.gguf", "auto")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 def test_ctrl_c_during_conversion_leaves_nothing_that_looks_finished(smollm2_hf, tmp_path):
     out = tmp_path / "models"

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import console, vendor
-from .errors import ConversionFailed, NotACheckpoint, UnsupportedAdapter, UnsupportedArchitecture, UserError
+from .errors import (ConversionFailed, NotACheckpoint, UnsupportedAdapter, UnsupportedArchitecture, UnsupportedTokenizer,
+                     UserError)
 from .fsutil import atomic_path
 from .process import child
 
@@ -20,6 +21,10 @@ OUTTYPES = ("auto", "bf16", "f16", "f32")
 _PERCENT = re.compile(rb"Writing:\s+(\d+)%")
 _UNSUPPORTED = re.compile(r"Model (\S+) is not supported")
 _UNMAPPED = re.compile(r"Can not map tensor '([^']+)'")
+# llama.cpp knows a BPE tokenizer's pre-tokenization (how text is cut before merging) by the hash
+# of its tokens for a fixed text, and cannot run one it does not know.
+_UNKNOWN_PRE = re.compile(r"BPE pre-tokenizer was not recognized")
+_CHKHSH = re.compile(r"chkhsh:\s+([0-9a-f]{64})")
 
 
 def read_config(checkpoint: Path) -> dict:
@@ -89,7 +94,7 @@ def _run(converter: vendor.Converter, args: list[str], out: Path, outtype: str, 
     pythonpath = os.pathsep.join(filter(None, [str(converter.gguf_py), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", PYTHONPATH=pythonpath)
     env.pop("NO_LOCAL_GGUF", None)  # the converter must use its own gguf-py, not a wheel
-    tail: deque[str] = deque(maxlen=40)
+    tail: deque[str] = deque(maxlen=200)  # a traceback through runpy is long; what explains it comes before
     with atomic_path(out) as tmp, console.step_progress() as progress:
         task = progress.add_task(label, total=100)
         # Started through converter_entry: the script runs unchanged (see there for the one adaptation).
@@ -126,6 +131,13 @@ def _conversion_error(checkpoint: Path, config: dict, tail: list[str], code: int
         return UnsupportedArchitecture(
             f"{checkpoint}: architecture {m.group(1)} is not supported by llama.cpp's converter "
             f"(llama-cpp-python {vendor.versions.LLAMA_CPP_PYTHON})"
+        )
+    if _UNKNOWN_PRE.search(text):
+        digest = m.group(1)[:16] if (m := _CHKHSH.search(text)) else "unknown"
+        return UnsupportedTokenizer(
+            f"{checkpoint}: llama.cpp's converter (llama-cpp-python {vendor.versions.LLAMA_CPP_PYTHON}) does not "
+            f"know this tokenizer's pre-tokenization (hash {digest}…): a model llama.cpp does not support yet, "
+            "or a tokenizer changed after training"
         )
     if not config.get("architectures"):
         return UnsupportedArchitecture(f"{checkpoint}: config.json names no architectures; the converter cannot tell the model type")

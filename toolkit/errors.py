@@ -35,6 +35,10 @@ class UnsupportedArchitecture(UserError):
     """llama.cpp's converter has no support for the checkpoint's architecture."""
 
 
+class UnsupportedTokenizer(UserError):
+    """llama.cpp's converter does not know the checkpoint's BPE pre-tokenization."""
+
+
 class RepoNotFound(UserError):
     """The hub has no such repository, or it is private and no valid token was given."""
 
