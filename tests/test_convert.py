@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 from conftest import REPO
 from toolkit import gguf
 from toolkit.convert import checkpoint_dtype, convert, resolve_outtype
+from toolkit import converter_entry
 from toolkit.converter_entry import complete_hparams
 from toolkit.errors import NotACheckpoint, UnsupportedArchitecture, UnsupportedTokenizer, UserError
 
@@ -100,3 +102,23 @@ def test_exaone3_keys_reach_the_converter_under_both_names():
     assert complete_hparams(dict(raw)) == both and complete_hparams(dict(renamed)) == both
     llama = {"architectures": ["LlamaForCausalLM"], "hidden_act": "silu", "rms_norm_eps": 1e-5}
     assert complete_hparams(dict(llama)) == llama  # nothing else changes
+
+
+def test_the_converter_never_runs_a_checkpoints_own_tokenizer_code(converter, tmp_path):
+    """Some of the converter's vocabulary readers ask transformers for trust_remote_code=True;
+    started through converter_entry, a tokenizer that ships its own code is refused, not run."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    marker = tmp_path / "code-ran"
+    (ckpt / "my_tokenizer.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (ckpt / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": ["my_tokenizer.MyTokenizer", None]}}))
+    (ckpt / "config.json").write_text(json.dumps({"model_type": "my-model", "architectures": ["MyModel"]}))
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "conversion").symlink_to(converter.root / "conversion")
+    (tools / "script.py").write_text("import sys\nfrom transformers import AutoTokenizer\n"
+                                     "AutoTokenizer.from_pretrained(sys.argv[1], trust_remote_code=True)\n")
+    r = subprocess.run([sys.executable, converter_entry.__file__, str(tools / "script.py"), str(ckpt)],
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(converter.gguf_py)))
+    assert r.returncode != 0 and "trust_remote_code" in r.stderr, r.stderr[-2000:]
+    assert not marker.exists()

@@ -283,3 +283,24 @@ def test_a_converted_file_llama_cpp_rejects_is_named_with_its_reason_and_not_lef
             f"error: llama.cpp cannot load {name}: check_tensor_dims: tensor 'blk.0.attn_output.weight' "
             "has wrong shape; expected 256, 256, got 512, 256, 1, 1"), r.stderr  # (after the progress bars)
         assert not [p.name for p in (models / "odd-exaone4").iterdir() if p.suffix != ".json"]
+
+
+def test_a_tokenizer_labelled_gpt2_is_read_from_its_tokenizer_json(qwen_tokenizer, tmp_path):
+    """EXAONE's tokenizer_config.json names GPT2Tokenizer over a tokenizer.json with its own
+    pre-tokenizer. transformers 5 would build GPT-2's pre-tokenizer instead and the converter would
+    not recognise the tokenizer; read as the file is (converter_entry), Qwen's tokenizer under that
+    label is still Qwen's, and llama.cpp tokenizes as tokenizer.json does."""
+    from tokenizers import Tokenizer
+
+    checkpoint = random_checkpoint("qwen3", qwen_tokenizer, tmp_path / "gpt2-labelled", head_dim=64)
+    config_path = checkpoint / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "GPT2Tokenizer"
+    config.pop("add_prefix_space", None)
+    config_path.write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+    (q8,) = quantize(str(checkpoint), QuantizeSettings(types=("Q8_0",), output_dir=tmp_path / "models",
+                                                       check=False)).files
+    assert gguf.read(q8.path).metadata["tokenizer.ggml.pre"] == "qwen2"
+    text = "2025년 3월 14일, '웬지'가 아니라 '왠지'가 옳다. 12345 + 678 = 13023"
+    with Engine(q8.path, EngineSettings(n_gpu_layers=0)) as engine:
+        assert engine.tokenize(text) == Tokenizer.from_file(str(checkpoint / "tokenizer.json")).encode(text).ids

@@ -11,7 +11,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
-from . import console, vendor
+from . import console, converter_entry, vendor
 from .errors import (ConversionFailed, NotACheckpoint, UnsupportedAdapter, UnsupportedArchitecture, UnsupportedTokenizer,
                      UserError)
 from .fsutil import atomic_path
@@ -97,8 +97,9 @@ def _run(converter: vendor.Converter, args: list[str], out: Path, outtype: str, 
     tail: deque[str] = deque(maxlen=200)  # a traceback through runpy is long; what explains it comes before
     with atomic_path(out) as tmp, console.step_progress() as progress:
         task = progress.add_task(label, total=100)
-        # Started through converter_entry: the script runs unchanged (see there for the one adaptation).
-        cmd = [sys.executable, "-m", "toolkit.converter_entry", *args, "--outfile", str(tmp), "--outtype", outtype]
+        # Started through converter_entry (the script runs unchanged; see there for the adaptations),
+        # by its path: `-m` would put the working directory first on the path and import toolkit.
+        cmd = [sys.executable, converter_entry.__file__, *args, "--outfile", str(tmp), "--outtype", outtype]
         with child(cmd, env=env) as proc:
             buf = b""
             while chunk := proc.stdout.read1(4096):

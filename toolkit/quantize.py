@@ -272,6 +272,8 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
                     verify_loads(intermediate)
                 except LoadFailed:
                     intermediate.unlink()  # finished by the converter but unusable: never left looking done
+                    if man["files"].pop(inter_type, None) is not None:  # a --force rebuild's older record
+                        manifest.save(directory, man)
                     raise
                 entry = _describe(intermediate, inter_type, result.convert_seconds, intermediate=True)
                 manifest.record(directory, man, inter_type, entry)
