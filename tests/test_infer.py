@@ -3,6 +3,7 @@
 import json
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from conftest import REPO, header_only, run_cli
 from toolkit import dataset, demo, embedded
 from toolkit.errors import UserError
+from toolkit.fsutil import partial_path
 from toolkit.infer import InferSettings, default_output, fit_context, infer, resolve_model
 from toolkit.prompts import PromptSet
 from toolkit.sampler import SamplingParams
@@ -154,6 +156,20 @@ def test_kill_and_resume(embedded_run, tmp_path, short_prompts):
     assert read(out) == read(reference)
     assert not list(tmp_path.glob(".*partial"))
 
+
+def test_a_rerun_with_nothing_to_answer_drops_a_killed_runs_temporary_files(embedded_run, tmp_path):
+    """A kill while the settings record was being written leaves its temporary file; when every
+    answer was already in, the rerun writes no record that would replace it: it is removed."""
+    _, reference = embedded_run
+    out = tmp_path / "answers.json"
+    shutil.copy(reference, out)
+    shutil.copy(dataset.settings_path(reference), dataset.settings_path(out))
+    leftovers = [partial_path(out), partial_path(dataset.settings_path(out))]
+    for path in leftovers:
+        path.write_text('{"half": ', encoding="utf-8")
+    result = infer(SAMPLES, settings(output=out))
+    assert result.resumed == 8 and result.generated == 0
+    assert not [p for p in leftovers if p.exists()] and read(out) == read(reference)
 
 def test_dry_run_writes_prompts_and_token_counts(tmp_path):
     out = tmp_path / "p.json"

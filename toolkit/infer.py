@@ -220,6 +220,7 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
     if output.resolve() == input_path.resolve():
         raise UserError("the output would overwrite the input file; choose another --output")
     held = dataset.check_output(output, items)
+    dataset.drop_leftovers(output)
     previous = dataset.previous_answers(held, items) if settings.resume and not settings.dry_run else {}
     if settings.dry_run and dataset.holds_answers(held):
         raise UserError(f"{output} holds answers; a dry run would replace them: choose another --output")
