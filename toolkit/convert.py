@@ -59,13 +59,14 @@ def resolve_outtype(outtype: str, config: dict) -> str:
     return "bf16" if checkpoint_dtype(config) == "bfloat16" else "f16"
 
 
-def convert(checkpoint: Path, out: Path, outtype: str) -> Path:
-    """Run convert_hf_to_gguf.py on `checkpoint`, writing `out` atomically."""
+def convert(checkpoint: Path, out: Path, outtype: str, verify: Callable[[Path, str], object] | None = None) -> Path:
+    """Run convert_hf_to_gguf.py on `checkpoint`, writing `out` atomically; `verify(tmp, name)`,
+    if given, checks the finished file before it takes its name (a failure leaves nothing)."""
     config = read_config(checkpoint)
     outtype = resolve_outtype(outtype, config)
     converter = vendor.require()
     _run(converter, [str(converter.script), str(checkpoint)], out, outtype, f"convert → {outtype.upper()}",
-         lambda code, tail: _conversion_error(checkpoint, config, tail, code))
+         lambda code, tail: _conversion_error(checkpoint, config, tail, code), verify)
     return out
 
 
@@ -87,7 +88,7 @@ def convert_lora(adapter_dir: Path, base: Path, out: Path, outtype: str = "f16")
 
 
 def _run(converter: vendor.Converter, args: list[str], out: Path, outtype: str, label: str,
-         error: Callable[[int, list[str]], Exception]) -> None:
+         error: Callable[[int, list[str]], Exception], verify: Callable[[Path, str], object] | None = None) -> None:
     """Run one of the converter's scripts into `out`, atomically; `error` makes the exception
     for a failed run from its exit code and last lines of output."""
     # Its own gguf-py first on the path (the script also prepends it): never a gguf wheel.
@@ -113,6 +114,8 @@ def _run(converter: vendor.Converter, args: list[str], out: Path, outtype: str, 
             code = proc.wait()
         if code != 0:
             raise error(code, list(tail))  # inside the block: the partial file is dropped
+        if verify is not None:
+            verify(tmp, out.name)
         progress.update(task, completed=100)
 
 

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from .errors import InvalidInput, OutputNotWritable
-from .fsutil import ensure_writable_dir, partial_path, through_link, write_json_atomic, write_text_atomic
+from .fsutil import drop_partial, ensure_writable_dir, through_link, write_json_atomic, write_text_atomic
 
 
 def item_key(item: dict) -> str:
@@ -170,7 +170,7 @@ def drop_leftovers(output: Path) -> None:
     of its settings record (never mistaken for finished files, but a rerun that answers nothing
     writes neither again)."""
     for path in (output, settings_path(output)):
-        partial_path(through_link(path)).unlink(missing_ok=True)
+        drop_partial(path)
 
 
 def write_settings(output: Path, settings: dict) -> None:

@@ -41,13 +41,19 @@ def through_link(path: Path) -> Path:
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
+def drop_partial(final: Path) -> Path:
+    """Remove what a killed write of `final` (a link's target) left; return that temporary path."""
+    tmp = partial_path(through_link(final))
+    tmp.unlink(missing_ok=True)
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path; rename it to `final` (a link's target) only if the block succeeds."""
     final = through_link(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(final)
-    tmp.unlink(missing_ok=True)
+    tmp = drop_partial(final)
     try:
         yield tmp
         os.replace(tmp, final)

@@ -261,13 +261,12 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
         n_ctx = settings.engine.n_ctx or (
             plan.n_ctx if plan else fit_context(longest, params.max_new_tokens, engine.info.n_ctx_train))
         too_long = [key for key, n in lengths.items() if n >= engine.info.n_ctx_train]
-        if too_long and not settings.dry_run:  # no --n-ctx helps: the model was trained on shorter texts
-            raise UserError(f"{_prompts_of(too_long)} {longest} tokens, more than the {engine.info.n_ctx_train} "
-                            "the model was trained on; shorten that question or the instructions (--dry-run "
-                            "writes every prompt's token count)")
-        if too_long:  # a dry run is how one finds them: it goes on, and says which
-            console.notice(f"{_prompts_of(too_long)} {longest} tokens, more than the {engine.info.n_ctx_train} "
-                           "the model was trained on")
+        if too_long:  # no --n-ctx helps: the model was trained on shorter texts
+            over = f"{_prompts_of(too_long)} {longest} tokens, more than the {engine.info.n_ctx_train} the model was trained on"
+            if not settings.dry_run:
+                raise UserError(f"{over}; shorten that question or the instructions (--dry-run writes every "
+                                "prompt's token count)")
+            console.notice(over)  # a dry run is how one finds them: it goes on, and says which
         elif longest >= n_ctx:  # a dry run checks the context too: a run's settings, tried in seconds
             raise UserError(f"the longest prompt has {longest} tokens but the context is {n_ctx}; raise --n-ctx")
         if plan and n_ctx < plan.n_ctx and not too_long:  # a user's --n-ctx below what this run may need

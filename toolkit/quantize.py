@@ -16,7 +16,7 @@ from . import gguf, manifest
 from .adapter import Adapter, load_adapter, merged_checkpoint
 from .convert import convert, read_config, resolve_outtype
 from .engine import Engine, EngineSettings
-from .errors import InvalidGGUF, LoadFailed, OutputExists, UserError
+from .errors import InvalidGGUF, OutputExists, UserError
 from .fsutil import ensure_writable_dir, sha256_file
 from .quantizer import (DEFAULT_TYPE, IMATRIX_TYPES, QUANT_TYPES, canonical_type, imatrix_required, quantize_file,
                         quantize_file_with_imatrix, verify_loads)
@@ -265,16 +265,10 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
                     checkpoint = stack.enter_context(merged_checkpoint(checkpoint, lora, directory, name))
                     result.merge_seconds = time.monotonic() - t0
                 t0 = time.monotonic()
-                convert(checkpoint, intermediate, settings.outtype)
+                # A file kept under its final name is loaded by llama.cpp before it takes that name.
+                convert(checkpoint, intermediate, settings.outtype, verify=verify_loads if keep else None)
                 result.convert_seconds = time.monotonic() - t0
             if keep:
-                try:
-                    verify_loads(intermediate)
-                except LoadFailed:
-                    intermediate.unlink()  # finished by the converter but unusable: never left looking done
-                    if man["files"].pop(inter_type, None) is not None:  # a --force rebuild's older record
-                        manifest.save(directory, man)
-                    raise
                 entry = _describe(intermediate, inter_type, result.convert_seconds, intermediate=True)
                 manifest.record(directory, man, inter_type, entry)
                 if inter_type in todo:
