@@ -17,11 +17,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600,
-            preexec_fn=None) -> subprocess.CompletedProcess:
-    """Run `python -m toolkit ...` as a user would, capturing both streams."""
+            preexec_fn=None, before: str = "") -> subprocess.CompletedProcess:
+    """Run `python -m toolkit ...` as a user would, capturing both streams; `before` is Python
+    run first in that process (to stage what a user cannot, such as a disk filling meanwhile)."""
     full_env = dict(os.environ, COLUMNS="200", **(env or {}))
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "toolkit", *args], env=full_env, cwd=cwd,
+    start = ["-c", f"import sys\n{before}\nfrom toolkit.cli import main\nsys.exit(main(sys.argv[1:]))"] if before \
+        else ["-m", "toolkit"]
+    return subprocess.run([sys.executable, *start, *args], env=full_env, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn)
 
 
@@ -34,6 +37,31 @@ def header_only(path, general_type: str):
     head = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + text("general.type") + struct.pack("<I", 8) + text(general_type)
     path.write_bytes(head + b"\0" * (-len(head) % 32))
     return path
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """small_disk(mb): a directory on a file system of `mb` MiB (tmpfs), to see what a full disk
+    does; skipped where this process may not mount one."""
+    mounts: list[Path] = []
+
+    def make(mb: int) -> Path:
+        where = tmp_path / f"disk{len(mounts)}"
+        where.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(where)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip("mounting a small tmpfs is not allowed here")
+        mounts.append(where)
+        return where
+
+    yield make
+    for where in mounts:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def files_under(directory: Path) -> list[str]:
+    """Every file (not directory) under `directory`, hidden ones included, as relative paths."""
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if not p.is_dir())
 
 
 @pytest.fixture(scope="session")

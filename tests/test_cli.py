@@ -82,3 +82,21 @@ def test_verbose_after_the_command_too(tmp_path):
 def test_out_of_range_numbers_are_refused_by_name(args, match):
     r = run_cli(*args)
     assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_full_disk_anywhere_is_one_line_and_exit_2(monkeypatch, capsys):
+    """Writes that have no check of their own (a manifest, a settings record) still end as the
+    machine's problem, not as an internal failure with exit 1."""
+    import errno
+
+    from toolkit import cli
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "models/x/manifest.json")
+
+    monkeypatch.setitem(cli.COMMANDS, "inspect", full)
+    assert cli.main(["inspect", "x.gguf"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: no space left on the device writing models/x/manifest.json; free "
+                                               "some space and rerun (finished work is kept, nothing half-written is left)")
+    monkeypatch.setitem(cli.COMMANDS, "inspect", lambda args: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    assert cli.main(["inspect", "x.gguf"]) == 1

@@ -1,11 +1,14 @@
-"""Atomic writes: a file under its final name is complete, or the old one is still there."""
+"""Atomic writes: a file under its final name is complete, or the old one is still there; a
+disk that cannot hold a file is said before writing it, or named when it filled meanwhile."""
 
 import hashlib
 import os
 
 import pytest
 
-from toolkit.fsutil import atomic_path, partial_path, replace_dir, sha256_file, write_json_atomic
+from toolkit.errors import DiskFull
+from toolkit.fsutil import (atomic_path, disk_full, free_bytes, partial_path, replace_dir, require_space, sha256_file,
+                            write_json_atomic)
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_partial(tmp_path):
@@ -60,3 +63,36 @@ def test_replace_dir_that_fails_keeps_the_old_directory(tmp_path, monkeypatch):
         replace_dir(tmp_path / ".staging", final)
     assert (final / "convert_hf_to_gguf.py").read_text(encoding="utf-8") == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["llama.cpp"]
+
+
+def test_free_space_is_that_of_the_disk_the_directory_will_be_on(small_disk):
+    disk = small_disk(8)
+    assert free_bytes(disk / "models" / "not-yet") == free_bytes(disk) == 8 << 20
+    (disk / "x").write_bytes(b"\0" * (3 << 20))
+    assert free_bytes(disk / "models") == 5 << 20
+
+
+def test_require_space_says_what_needs_how_much_where(small_disk):
+    disk = small_disk(8)
+    require_space(disk / "models", 8 << 20, "writing m.gguf")  # exactly fits
+    with pytest.raises(DiskFull) as e:
+        require_space(disk / "models", 20_000_000, "writing m.gguf", "try elsewhere")
+    assert str(e.value) == f"writing m.gguf needs about 20 MB under {disk / 'models'}, which has 8 MB free; try elsewhere"
+    assert list(disk.iterdir()) == []  # checking writes nothing
+
+
+def test_a_failed_write_is_blamed_on_the_disk_only_when_it_is_full(small_disk):
+    disk = small_disk(32)
+    assert disk_full(disk, "writing m.gguf") is None  # 34 MB free: the failure was something else
+    with pytest.raises(OSError):
+        with atomic_path(disk / "m.gguf") as tmp, open(tmp, "wb") as f:
+            f.write(b"\0" * (40 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+    assert list(disk.iterdir()) == []
+    with open(disk / "filler", "wb") as f:  # what the failed write's partial file held when it was judged
+        with pytest.raises(OSError):
+            f.write(b"\0" * (40 << 20))
+            f.flush()
+    error = disk_full(disk, "writing m.gguf")
+    assert isinstance(error, DiskFull) and "ran out of space while writing m.gguf (0 MB free)" in str(error)

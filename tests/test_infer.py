@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import REPO, header_only, run_cli
+from conftest import REPO, files_under, header_only, run_cli
 from toolkit import dataset, demo, embedded
 from toolkit.errors import UserError
 from toolkit.fsutil import partial_path
@@ -170,6 +170,28 @@ def test_a_rerun_with_nothing_to_answer_drops_a_killed_runs_temporary_files(embe
     result = infer(SAMPLES, settings(output=out))
     assert result.resumed == 8 and result.generated == 0
     assert not [p for p in leftovers if p.exists()] and read(out) == read(reference)
+
+def test_a_full_disk_stops_infer_with_one_line_and_keeps_the_answers_so_far(embedded_run, tmp_path, small_disk,
+                                                                             short_prompts):
+    _, reference = embedded_run
+    disk = small_disk(1)
+    out = disk / "answers.json"
+    items = read(reference)
+    del items[-1]["output"]  # one answer still to make
+    out.write_text(json.dumps(items, ensure_ascii=False, indent=4), encoding="utf-8")
+    shutil.copy(dataset.settings_path(reference), dataset.settings_path(out))
+    before = out.read_bytes()
+    with open(disk / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+    r = run_cli("infer", str(SAMPLES), "--model", str(embedded.smollm2_gguf()), "--output", str(out),
+                "--max-new-tokens", "24", "--prompts", short_prompts, "--parallel", "1")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (f"error: {out}: cannot write the answers (No space left on device); "
+                                                 "what was there is kept")
+    assert out.read_bytes() == before
+    assert files_under(disk) == sorted(["answers.json", dataset.settings_path(out).name, "filler"])
+
 
 def test_dry_run_writes_prompts_and_token_counts(tmp_path):
     out = tmp_path / "p.json"

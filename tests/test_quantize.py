@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from llama_cpp import Llama
 
-from conftest import run_cli
+from conftest import files_under, run_cli
 from toolkit import demo, embedded, fit, gguf
 from toolkit.engine import Engine, EngineSettings
 from toolkit.errors import OutputExists, UserError
@@ -141,6 +141,41 @@ def test_force_and_keep_intermediate(tiny_hf, tmp_path):
     forced = quantize(str(tiny_hf), QuantizeSettings(types=("Q8_0",), output_dir=tmp_path, force=True, check=False))
     assert forced.files[0].status == "built" and forced.convert_seconds is not None
     assert set(json.loads((directory / "manifest.json").read_text())["files"]) == {"BF16", "Q8_0", "Q6_K"}
+
+
+def test_a_disk_too_small_is_said_before_any_conversion(tiny_hf, small_disk):
+    disk = small_disk(20)
+    r = run_cli("quantize", str(tiny_hf), "--output-dir", str(disk / "models"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "writing tiny-llama as BF16 + Q4_K_M needs about 73 MB under" in r.stderr and "21 MB free" in r.stderr
+    assert "convert" not in r.stderr and files_under(disk) == []
+
+
+def test_a_quant_bigger_than_estimated_is_checked_with_llama_cpps_own_size_first(tiny_hf, small_disk):
+    """The estimate before converting counts the least a type takes; before writing each quant,
+    llama.cpp's dry run gives its real size (here 21 MB against 16 estimated: rows 576 wide fall
+    back from Q4_K to wider types)."""
+    disk = small_disk(74)
+    out = disk / "models"
+    assert run_cli("quantize", str(tiny_hf), "--bf16", "--no-check", "--output-dir", str(out)).returncode == 0
+    before = {f: sha256_file(out / f) for f in files_under(out)}
+    r = run_cli("quantize", str(tiny_hf), "--q4_k_m", "--no-check", "--output-dir", str(out))
+    assert r.returncode == 2 and "writing tiny-llama-Q4_K_M.gguf needs about 21 MB under" in r.stderr, r.stderr
+    assert {f: sha256_file(out / f) for f in files_under(out)} == before
+
+
+# As if another program took the space after the checks: they are switched off in that process.
+NO_CHECKS = "import toolkit.quantize, toolkit.quantizer\ntoolkit.quantize.require_space = toolkit.quantizer.require_space = lambda *a, **k: None"
+
+
+@pytest.mark.parametrize("mb,writing", [(20, "the BF16 GGUF"), (70, "tiny-llama-Q8_0.gguf")])
+def test_a_disk_that_fills_up_while_writing_is_named_and_nothing_is_left(tiny_hf, small_disk, mb, writing):
+    disk = small_disk(mb)  # 20 MB: the converter runs out; 70 MB: the 58 MB BF16 fits, the Q8_0 beside it not
+    r = run_cli("quantize", str(tiny_hf), "--q8_0", "--no-check", "--output-dir", str(disk / "m"), before=NO_CHECKS)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        f"error: the disk under {disk / 'm' / 'tiny-llama'} ran out of space while writing {writing} (")
+    assert files_under(disk) == []
 
 
 def test_second_architecture_gemma3(gemma3_hf, tmp_path):

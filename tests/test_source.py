@@ -2,10 +2,11 @@
 
 import json
 import shutil
+import subprocess
 
 import pytest
 
-from conftest import run_cli
+from conftest import files_under, run_cli
 from fakehub import FakeHub
 from toolkit.errors import NotACheckpoint
 from toolkit.source import locate, select_files
@@ -170,3 +171,34 @@ def test_interrupted_download_resumes(hub, tmp_path):
     assert r.returncode == 0, r.stderr
     ranges = [h.get("range") for m, p, h in hub.requests[n:] if m == "GET" and p.endswith(SHARD)]
     assert ranges == [f"bytes={half}-"]
+
+
+def test_a_download_the_disk_cannot_hold_is_refused_before_it_starts(hub, tmp_path, small_disk):
+    disk = small_disk(20)
+    n = len(hub.requests)
+    r = run_cli("quantize", "team/smol-ko", "--q8_0", "--no-check", "--output-dir", str(tmp_path / "m"),
+                env=hub_env(hub, tmp_path, HF_HOME=str(disk / "hf")))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "downloading team/smol-ko needs about 60 MB under" in r.stderr and "21 MB free" in r.stderr
+    assert "set HF_HOME to a disk with room" in r.stderr
+    assert not any("/resolve/" in p for _, p, _ in hub.requests[n:]) and files_under(disk) == []
+
+
+def test_a_download_that_fills_the_disk_is_named_and_resumes_once_there_is_room(hub, tmp_path, small_disk):
+    disk = small_disk(30)
+    env = hub_env(hub, tmp_path, HF_HOME=str(disk / "hf"))
+    args = ("quantize", "team/smol-ko", "--q8_0", "--no-check", "--output-dir", str(tmp_path / "m"))
+    # As if another program took the space after the check: it is switched off in that process.
+    r = run_cli(*args, env=env, before="import toolkit.source\ntoolkit.source.require_space = lambda *a, **k: None")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        f"error: the disk under {disk / 'hf' / 'hub' / 'models--team--smol-ko'} ran out of space while downloading "
+        f"team/smol-ko ({SHARD}); free some space there or set HF_HOME to a disk with room, and rerun to resume")
+    partial = [p for p in files_under(disk) if p.endswith(".incomplete")]
+    assert len(partial) == 1 and (disk / partial[0]).stat().st_size > 20 << 20
+    subprocess.run(["mount", "-o", "remount,size=100m", str(disk)], check=True)
+    n = len(hub.requests)
+    r = run_cli(*args, env=env)
+    assert r.returncode == 0, r.stderr
+    ranges = [h.get("range") for m, p, h in hub.requests[n:] if m == "GET" and p.endswith(SHARD)]
+    assert len(ranges) == 1 and ranges[0].startswith("bytes=") and ranges[0] != "bytes=0-"

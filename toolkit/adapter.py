@@ -14,14 +14,14 @@ import json
 import math
 import re
 import shutil
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import AdapterMismatch, InvalidAdapter, NotACheckpoint, UnsupportedAdapter, UserError
-from .fsutil import atomic_path, sha256_file
+from .fsutil import atomic_path, require_space, sha256_file
 from .source import ADAPTER_CONFIG, ADAPTER_WEIGHTS, Source, fetch, locate_adapter
+from .weights import WeightTensor, safetensors_tensors
 
 _PREFIX = "base_model.model."  # how peft names the wrapped model's modules in adapter files
 _LINEAR = re.compile(r"(.+)\.lora_([AB])\.weight")
@@ -204,50 +204,18 @@ def _parse(tensors: dict, config: dict, where: str) -> tuple[dict[str, Update], 
 _FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
-@dataclass(frozen=True)
-class BaseTensor:
-    file: str
-    dtype: str  # safetensors spelling: BF16, F16, F32 …
-    shape: tuple[int, ...]
-    start: int  # byte range in the file
-    end: int
-
-
-def _header(path: Path) -> tuple[dict, int]:
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
-        if not 0 < n < 1 << 30:
-            raise NotACheckpoint(f"{path}: not a safetensors file")
-        try:
-            return json.loads(f.read(n)), 8 + n
-        except ValueError:
-            raise NotACheckpoint(f"{path}: not a safetensors file (bad header)") from None
-
-
-def base_tensors(checkpoint: Path) -> dict[str, BaseTensor]:
+def base_tensors(checkpoint: Path) -> dict[str, WeightTensor]:
     """Name -> dtype, shape and byte range of every tensor, read from the headers only."""
-    index = checkpoint / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values()))
-    else:  # the converter's own rule: model*.safetensors
-        files = sorted(p.name for p in checkpoint.glob("model*.safetensors"))
-    if not files:
+    tensors = safetensors_tensors(checkpoint)
+    if not tensors:
         if list(checkpoint.glob("pytorch_model*.bin")):
             raise UserError(f"{checkpoint}: has only pytorch_model*.bin weights; merging a LoRA adapter needs "
                             "safetensors (save the base with save_pretrained(safe_serialization=True))")
         raise NotACheckpoint(f"{checkpoint}: no safetensors weights")
-    tensors: dict[str, BaseTensor] = {}
-    for name in files:
-        header, data_start = _header(checkpoint / name)
-        for key, info in header.items():
-            if key != "__metadata__":
-                b, e = info["data_offsets"]
-                tensors[key] = BaseTensor(name, info["dtype"], tuple(info["shape"]), data_start + b, data_start + e)
     return tensors
 
 
-def check_base(adapter: Adapter, base: dict[str, BaseTensor], base_name: str, runtime: bool = False) -> None:
+def check_base(adapter: Adapter, base: dict[str, WeightTensor], base_name: str, runtime: bool = False) -> None:
     """Every tensor the adapter changes exists in the base with the shape it expects."""
 
     def mismatch(target: str, theirs: tuple, ours: tuple) -> AdapterMismatch:
@@ -288,11 +256,8 @@ def merge(checkpoint: Path, adapter: Adapter, out_dir: Path) -> Path:
     for target in dict.fromkeys([*adapter.base_copies, *adapter.full, *adapter.updates]):
         by_file.setdefault(base[target].file, []).append(target)
     out_dir.mkdir(parents=True)
-    need = sum((checkpoint / f).stat().st_size for f in by_file)
-    free = shutil.disk_usage(out_dir).free
-    if need > free:
-        raise UserError(f"merging copies {need / 1e9:.1f} GB of shards under {out_dir.parent}, "
-                        f"which has {free / 1e9:.1f} GB free")
+    require_space(out_dir, sum((checkpoint / f).stat().st_size for f in by_file),
+                  f"merging {adapter.name} (a copy of the shards it changes)")
     for src in sorted(checkpoint.iterdir()):
         if not src.is_file():
             continue
@@ -304,7 +269,7 @@ def merge(checkpoint: Path, adapter: Adapter, out_dir: Path) -> Path:
     return out_dir
 
 
-def _merge_shard(src: Path, dst: Path, targets: list[tuple[str, BaseTensor]], adapter: Adapter) -> None:
+def _merge_shard(src: Path, dst: Path, targets: list[tuple[str, WeightTensor]], adapter: Adapter) -> None:
     import torch
 
     with atomic_path(dst) as tmp:
@@ -322,7 +287,7 @@ def _merge_shard(src: Path, dst: Path, targets: list[tuple[str, BaseTensor]], ad
                     _add_update(f, info, dtype, update)
 
 
-def _add_update(f, info: BaseTensor, dtype, update: Update) -> None:
+def _add_update(f, info: WeightTensor, dtype, update: Update) -> None:
     import torch
 
     rows, cols = info.shape

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import sys
@@ -10,7 +11,7 @@ import traceback
 from pathlib import Path
 
 from . import __version__, console
-from .errors import ToolkitError
+from .errors import DiskFull, ToolkitError
 from .fit import KV_TYPE_BYTES
 from .quantizer import DEFAULT_TYPE, QUANT_TYPES
 from .sampler import SamplingParams
@@ -568,6 +569,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an internal failure: one line unless -v
         if args.verbose:
             traceback.print_exc()
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # the machine's disk, not a bug of ours
+            where = f" writing {e.filename}" if e.filename else ""
+            console.err.print(f"[red]error:[/red] no space left on the device{where}; free some space and rerun "
+                              "(finished work is kept, nothing half-written is left)", soft_wrap=True)
+            return DiskFull.exit_code
         console.err.print(f"[red]error:[/red] {type(e).__name__}: {e} (rerun with -v for the traceback)", soft_wrap=True)
         return 1
 

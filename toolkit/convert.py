@@ -14,7 +14,7 @@ from typing import Callable
 from . import console, converter_entry, vendor
 from .errors import (ConversionFailed, NotACheckpoint, UnsupportedAdapter, UnsupportedArchitecture, UnsupportedTokenizer,
                      UserError)
-from .fsutil import atomic_path
+from .fsutil import atomic_path, disk_full
 from .process import child
 
 OUTTYPES = ("auto", "bf16", "f16", "f32")
@@ -25,6 +25,8 @@ _UNMAPPED = re.compile(r"Can not map tensor '([^']+)'")
 # of its tokens for a fixed text, and cannot run one it does not know.
 _UNKNOWN_PRE = re.compile(r"BPE pre-tokenizer was not recognized")
 _CHKHSH = re.compile(r"chkhsh:\s+([0-9a-f]{64})")
+# How the converter says the disk is full: gguf-py's own check before a write, the OS, numpy's tofile.
+_NO_SPACE = re.compile(r"Not enough free space|No space left on device|\d+ requested and \d+ written")
 
 
 def read_config(checkpoint: Path) -> dict:
@@ -112,8 +114,9 @@ def _run(converter: vendor.Converter, args: list[str], out: Path, outtype: str, 
                     elif line.strip():
                         tail.append(line.decode("utf-8", "replace"))
             code = proc.wait()
-        if code != 0:
-            raise error(code, list(tail))  # inside the block: the partial file is dropped
+        if code != 0:  # raised inside the block: the partial file is dropped
+            said = any(_NO_SPACE.search(line) for line in tail)
+            raise disk_full(out.parent, f"writing the {outtype.upper()} GGUF", said=said) or error(code, list(tail))
         if verify is not None:
             verify(tmp, out.name)
         progress.update(task, completed=100)

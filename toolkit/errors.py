@@ -114,3 +114,8 @@ class ToolsNotBuilt(UserError):
 
 class OutputNotWritable(UserError):
     """The output file or its directory cannot be written."""
+
+
+class DiskFull(OutputNotWritable):
+    """The disk cannot hold what a step writes: refused before the step when its size is known,
+    or named when the disk filled while writing (nothing half-written is kept either way)."""

@@ -10,7 +10,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import OutputNotWritable
+from .errors import DiskFull, OutputNotWritable
+
+# Below this much free space, a write that failed failed because the disk is full.
+_NEARLY_FULL = 16 << 20
 
 
 def partial_path(final: Path) -> Path:
@@ -33,6 +36,38 @@ def ensure_writable_dir(directory: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise OutputNotWritable(f"{directory}: cannot write there ({e.strerror})") from None
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the file system that holds `path`, or would hold it (its nearest existing parent)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def size_text(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def require_space(directory: Path, need: int, what: str,
+                  hint: str = "free some space there or choose another --output-dir") -> None:
+    """Refuse a step that will write about `need` bytes under `directory` when its disk has less
+    free: said before the work, not minutes into it."""
+    free = free_bytes(directory)
+    if need > free:
+        raise DiskFull(f"{what} needs about {size_text(need)} under {directory}, which has {size_text(free)} free; {hint}")
+
+
+def disk_full(directory: Path, what: str, hint: str = "free some space there or choose another --output-dir",
+              said: bool = False) -> DiskFull | None:
+    """The error for a write under `directory` that failed, if its disk is (nearly) full or the
+    writer `said` so; call it before the partial file is removed, while its space is still taken."""
+    free = free_bytes(directory)
+    if free >= _NEARLY_FULL and not said:
+        return None
+    return DiskFull(f"the disk under {directory} ran out of space while {what} ({size_text(free)} free); "
+                    f"nothing half-written was kept; {hint}")
 
 
 def through_link(path: Path) -> Path:

@@ -14,13 +14,14 @@ from pathlib import Path
 
 from . import gguf, manifest
 from .adapter import Adapter, load_adapter, merged_checkpoint
-from .convert import convert, read_config, resolve_outtype
+from .convert import checkpoint_dtype, convert, read_config, resolve_outtype
 from .engine import Engine, EngineSettings
 from .errors import InvalidGGUF, OutputExists, UserError
-from .fsutil import ensure_writable_dir, sha256_file
-from .quantizer import (DEFAULT_TYPE, IMATRIX_TYPES, QUANT_TYPES, canonical_type, imatrix_required, quantize_file,
-                        quantize_file_with_imatrix, verify_loads)
+from .fsutil import ensure_writable_dir, require_space, sha256_file
+from .quantizer import (DEFAULT_TYPE, IMATRIX_TYPES, QUANT_TYPES, canonical_type, estimated_size, imatrix_required,
+                        quantize_file, quantize_file_with_imatrix, verify_loads)
 from .source import Source, fetch, locate
+from .weights import count_params
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,13 @@ def _check_matrix_file(path: Path) -> None:
         raise UserError(f"{path}: not an importance matrix (neither a GGUF imatrix nor llama-imatrix's .dat)")
 
 
+def _require_space(directory: Path, name: str, n_params: int, types: list[str]) -> None:
+    """Refuse before converting when the disk cannot hold the files (the 16-bit one stays until
+    every quant is written): a full disk is said now, not minutes into the work."""
+    need = sum(estimated_size(n_params, t) for t in types)
+    require_space(directory, need, f"writing {name} as {' + '.join(types)}")
+
+
 def _check_inputs(settings: QuantizeSettings, types: list[str]) -> list[dict] | None:
     """What can be refused from the options alone, before any download or conversion. Returns
     the --calibration items, read and checked once here."""
@@ -248,7 +256,8 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
 
     ensure_writable_dir(directory)  # before a download or conversion that could not be kept
     checkpoint = fetch(source, token)
-    inter_type = resolve_outtype(settings.outtype, read_config(checkpoint)).upper()
+    config = read_config(checkpoint)
+    inter_type = resolve_outtype(settings.outtype, config).upper()
     inter_final = output_path(directory, name, inter_type)
     if with_imatrix and inter_type in todo:
         raise UserError(f"{inter_type} is the unquantized intermediate: an importance matrix does not apply to it")
@@ -257,6 +266,8 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
     reuse = (not settings.force and same_source and inter_final.exists() and inter_type not in todo
              and _is_valid(inter_final, inter_entry, inter_type))
     intermediate = inter_final if (keep or reuse) else directory / f".{name}-{inter_type}.intermediate"
+    n_params = count_params(checkpoint, checkpoint_dtype(config))  # a LoRA merge changes no shapes
+    quants = [t for t in todo if t != inter_type]
     try:
         if not reuse:
             with contextlib.ExitStack() as stack:
@@ -264,6 +275,7 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
                     t0 = time.monotonic()
                     checkpoint = stack.enter_context(merged_checkpoint(checkpoint, lora, directory, name))
                     result.merge_seconds = time.monotonic() - t0
+                _require_space(directory, name, n_params, [inter_type, *quants])
                 t0 = time.monotonic()
                 # A file kept under its final name is loaded by llama.cpp before it takes that name.
                 convert(checkpoint, intermediate, settings.outtype, verify=verify_loads if keep else None)
@@ -273,6 +285,8 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
                 manifest.record(directory, man, inter_type, entry)
                 if inter_type in todo:
                     result.files.append(_output(intermediate, entry, "built"))
+        elif quants:
+            _require_space(directory, name, n_params, quants)
         matrix = _imatrix(settings, calibration_items, intermediate, directory, name, man,
                           result, wanted) if with_imatrix else None
         for qtype in todo:

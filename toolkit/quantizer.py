@@ -6,12 +6,13 @@ import ctypes
 import os
 import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import console, llama_log
+from . import console, gguf, llama_log
 from .errors import ImatrixRequired, LoadFailed, QuantizationFailed, UnknownQuantType
-from .fsutil import atomic_path
-from .gguf import FILE_TYPES
+from .fsutil import atomic_path, disk_full, require_space
+from .gguf import FILE_TYPES, GGML_TYPES
 from .process import child
 
 # Every llama_ftype the quantizer accepts, by llama-quantize's names, and its aliases.
@@ -22,6 +23,9 @@ DEFAULT_TYPE = "Q4_K_M"
 # own dry run in tests); the dry run before each quantization still catches any other case.
 IMATRIX_TYPES = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "Q2_K_S"})
 _TENSOR_STEP = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
+_QUANT_SIZE = re.compile(r"quant size\s*=\s*([\d.]+) MiB")
+# A file type's main ggml type where the names differ (otherwise Q4_K_M → Q4_K, MXFP4_MOE → MXFP4).
+_MAIN_TYPE = {"IQ2_M": "IQ2_S", "IQ3_M": "IQ3_S", "IQ3_XS": "IQ3_XXS"}
 
 
 def canonical_type(name: str) -> str:
@@ -44,15 +48,36 @@ def _params(qtype: str, nthread: int, dry_run: bool = False):
     return params
 
 
-def needs_imatrix(src: Path, qtype: str) -> bool:
-    """Ask llama.cpp (a dry run, nothing written) whether this model+type needs an imatrix."""
+@dataclass(frozen=True)
+class QuantPlan:
+    needs_imatrix: bool
+    size: int | None  # bytes the file will take (tensor data as llama.cpp plans it, plus the metadata)
+
+
+def plan(src: Path, qtype: str) -> QuantPlan:
+    """Ask llama.cpp (a dry run, nothing written) whether this model+type needs an imatrix, and
+    how big the quantized file will be."""
     import llama_cpp
 
     params = _params(qtype, 1, dry_run=True)
     with llama_log.capture() as log:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), os.devnull.encode(), ctypes.byref(params))
     text = log.text()
-    return "require an imatrix" in text or (rc != 0 and "importance matrix" in text)
+    needs = "require an imatrix" in text or (rc != 0 and "importance matrix" in text)
+    m = _QUANT_SIZE.search(text)
+    size = int(float(m.group(1)) * (1 << 20)) + gguf.read(src).data_offset if m else None
+    return QuantPlan(needs, size)
+
+
+def estimated_size(n_params: int, qtype: str) -> int:
+    """About the least a `qtype` file of `n_params` weights takes, before there is a file to ask
+    llama.cpp about: every weight in the type's main ggml type. llama.cpp keeps some tensors
+    wider, so the file comes out bigger: by a few percent for 8B models, by a third for
+    SmolLM2, whose 576-wide rows do not fit Q4_K's 256-weight blocks."""
+    sizes = {name: (block, nbytes) for name, block, nbytes in GGML_TYPES.values()}
+    main = _MAIN_TYPE.get(qtype) or next((n for n in (qtype, qtype.rsplit("_", 1)[0]) if n in sizes), "IQ1_S")
+    block, nbytes = sizes[main]
+    return n_params * nbytes // block
 
 
 def imatrix_required(types: list[str], scope: str = "") -> ImatrixRequired:
@@ -67,8 +92,11 @@ def quantize_file(src: Path, dst: Path, qtype: str, nthread: int = 0) -> None:
     """Quantize `src` into `dst` (atomically), with a progress bar over tensors."""
     import llama_cpp
 
-    if needs_imatrix(src, qtype):
+    dry = plan(src, qtype)
+    if dry.needs_imatrix:
         raise imatrix_required([qtype], " for this model")
+    if dry.size:
+        require_space(dst.parent, dry.size, f"writing {dst.name}")
     params = _params(qtype, nthread)
     with console.step_progress() as progress, atomic_path(dst) as tmp:
         task = progress.add_task(f"quantize → {qtype}", total=None)
@@ -91,7 +119,8 @@ def quantize_file(src: Path, dst: Path, qtype: str, nthread: int = 0) -> None:
                 worker.join(0.2)
         if result.get("rc", 1) != 0:
             reason = log.last_error() or "no reason given"
-            raise QuantizationFailed(f"llama.cpp could not quantize {src.name} to {qtype}: {reason}")
+            raise disk_full(dst.parent, f"writing {dst.name}") or QuantizationFailed(
+                f"llama.cpp could not quantize {src.name} to {qtype}: {reason}")
         verify_loads(tmp, dst.name)
 
 
@@ -101,6 +130,8 @@ def quantize_file_with_imatrix(src: Path, dst: Path, qtype: str, imatrix: Path, 
     from . import tools
 
     llama_quantize = tools.require().path("llama-quantize")
+    if size := plan(src, qtype).size:  # the matrix changes how weights round, not their types
+        require_space(dst.parent, size, f"writing {dst.name}")
     with console.step_progress() as progress, atomic_path(dst) as tmp:
         task = progress.add_task(f"quantize → {qtype} (imatrix)", total=None)
         cmd = [str(llama_quantize), "--imatrix", str(imatrix), str(src), str(tmp), qtype,
@@ -114,7 +145,8 @@ def quantize_file_with_imatrix(src: Path, dst: Path, qtype: str, imatrix: Path, 
             rc = proc.wait()
         if rc != 0:
             reason = log.last_error() or "no reason given"
-            raise QuantizationFailed(f"llama-quantize could not quantize {src.name} to {qtype}: {reason}")
+            raise disk_full(dst.parent, f"writing {dst.name}") or QuantizationFailed(
+                f"llama-quantize could not quantize {src.name} to {qtype}: {reason}")
         verify_loads(tmp, dst.name)
 
 

@@ -7,6 +7,7 @@ downloading weights, so finished outputs can be recognised before any transfer;
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import os
@@ -17,8 +18,8 @@ from pathlib import Path
 
 from . import console
 from .convert import read_config
-from .errors import GatedRepo, HubUnavailable, InvalidAdapter, NotACheckpoint, RepoNotFound, RevisionNotFound
-from .fsutil import write_text_atomic
+from .errors import DiskFull, GatedRepo, HubUnavailable, InvalidAdapter, NotACheckpoint, RepoNotFound, RevisionNotFound
+from .fsutil import require_space, write_text_atomic
 
 # What llama.cpp's converter reads; everything else in a repo (other formats, images,
 # `original/` consolidated weights) is left on the hub.
@@ -33,6 +34,7 @@ _PYTORCH_BIN = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+_ROOM_HINT = "free some space there or set HF_HOME to a disk with room"
 
 
 @dataclass
@@ -193,6 +195,10 @@ def fetch(source: Source, token: str | None = None) -> Path:
     total = sum(source.files.values())
     done = threading.Event()
     cache_dir = _repo_cache_dir(source.id)
+    snapshot = cache_dir / "snapshots" / source.commit
+    missing = sum(size for name, size in source.files.items() if not (snapshot / name).exists())
+    resumed = sum(p.stat().st_size for p in (cache_dir / "blobs").glob("*.incomplete"))
+    require_space(cache_dir, missing - resumed, f"downloading {source.id}", _ROOM_HINT)
     start = _dir_bytes(cache_dir)
     disable_progress_bars()  # rich shows one bar for the whole transfer instead
     try:
@@ -248,6 +254,9 @@ def _download_snapshot(source: Source, cache_dir: Path, token: str | None) -> Pa
                                  expected_size=meta.size)
                     os.replace(partial, blob)
         except Exception as e:
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                raise DiskFull(f"the disk under {cache_dir} ran out of space while downloading {source.id} "
+                               f"({name}); {_ROOM_HINT}, and rerun to resume") from None
             if _is_connection_error(e):
                 raise HubUnavailable(f"download of {source.id} interrupted ({type(e).__name__}); "
                                      "rerun the same command to resume") from None
