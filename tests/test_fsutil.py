@@ -96,3 +96,40 @@ def test_a_failed_write_is_blamed_on_the_disk_only_when_it_is_full(small_disk):
             f.flush()
     error = disk_full(disk, "writing m.gguf")
     assert isinstance(error, DiskFull) and "ran out of space while writing m.gguf (0 MB free)" in str(error)
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from toolkit.fsutil import exclusive
+with exclusive(Path(sys.argv[1]), "out"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_one_writer_at_a_time_and_a_killed_one_never_keeps_the_lock(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from toolkit.errors import OutputBusy
+    from toolkit.fsutil import exclusive
+
+    lock = tmp_path / ".out.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputBusy) as e:
+            with exclusive(lock, "models/x", "wait"):
+                pass
+        assert str(e.value) == f"models/x is being written by another toolkit process (pid {holder.pid}); wait"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert lock.exists()  # what a killed writer leaves: a file, but no lock on it
+    with exclusive(lock, "models/x"):
+        assert lock.read_text() == f"pid {os.getpid()}"
+    assert not lock.exists()

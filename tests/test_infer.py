@@ -1,6 +1,7 @@
 """End to end on real GGUFs over the bundled sample set (our own sentences)."""
 
 import json
+import os
 import re
 import resource
 import shutil
@@ -15,7 +16,7 @@ import pytest
 from conftest import REPO, files_under, header_only, run_cli
 from toolkit import dataset, demo, embedded
 from toolkit.errors import UserError
-from toolkit.fsutil import partial_path
+from toolkit.fsutil import exclusive, partial_path
 from toolkit.infer import InferSettings, default_output, fit_context, infer, resolve_model
 from toolkit.prompts import PromptSet
 from toolkit.sampler import SamplingParams
@@ -191,6 +192,21 @@ def test_a_full_disk_stops_infer_with_one_line_and_keeps_the_answers_so_far(embe
                                                  "what was there is kept")
     assert out.read_bytes() == before
     assert files_under(disk) == sorted(["answers.json", dataset.settings_path(out).name, "filler"])
+
+
+def test_a_second_run_on_the_same_output_leaves_the_first_ones_files_alone(embedded_run, tmp_path, short_prompts):
+    _, reference = embedded_run
+    out = tmp_path / "answers.json"
+    shutil.copy(reference, out)
+    in_flight = partial_path(out)
+    in_flight.write_text('[{"id": "1", ', encoding="utf-8")  # the first run, rewriting it
+    with exclusive(dataset.lock_path(out), "first"):
+        r = run_cli("infer", str(SAMPLES), "--model", str(embedded.smollm2_gguf()), "--output", str(out),
+                    "--max-new-tokens", "24", "--prompts", short_prompts, "--no-resume")
+    assert r.returncode == 2 and r.stderr.startswith(
+        f"error: {out} is being written by another toolkit process (pid {os.getpid()}); wait for it to finish, "
+        "or choose another --output"), r.stderr
+    assert in_flight.read_text(encoding="utf-8") == '[{"id": "1", ' and read(out) == read(reference)
 
 
 def test_dry_run_writes_prompts_and_token_counts(tmp_path):

@@ -287,3 +287,19 @@ def test_a_tensor_the_converter_cannot_map_is_a_user_error(tmp_path):
     tail = ["INFO:hf-to-gguf:Loading model: base", "ValueError: Can not map tensor 'model.vision_tower.proj.weight'"]
     err = _lora_error(tmp_path, tail, 1)
     assert isinstance(err, UnsupportedAdapter) and "model.vision_tower.proj.weight" in str(err)
+
+
+def test_lora_stops_while_quantize_lora_writes_its_directory(smollm2_hf, smollm2_lora, tmp_path):
+    """`toolkit lora` and `toolkit quantize --lora` write the same directory and manifest."""
+    import os
+
+    from toolkit import manifest
+    from toolkit.fsutil import exclusive
+
+    directory = tmp_path / "models" / f"{smollm2_hf.name}-{smollm2_lora.name}"
+    directory.mkdir(parents=True)
+    with exclusive(directory / manifest.LOCK, "quantize --lora"):
+        r = run_cli("lora", str(smollm2_lora), "--base", str(smollm2_hf), "--output-dir", str(tmp_path / "models"))
+    assert r.returncode == 2 and r.stderr.startswith(
+        f"error: {directory} is being written by another toolkit process (pid {os.getpid()})"), r.stderr
+    assert list(directory.iterdir()) == []

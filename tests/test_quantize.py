@@ -2,6 +2,7 @@
 architectures (Qwen3, EXAONE 3.5 and 4) as small random checkpoints with Qwen's real tokenizer."""
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -9,10 +10,10 @@ import pytest
 from llama_cpp import Llama
 
 from conftest import files_under, run_cli
-from toolkit import demo, embedded, fit, gguf
+from toolkit import demo, embedded, fit, gguf, manifest
 from toolkit.engine import Engine, EngineSettings
 from toolkit.errors import OutputExists, UserError
-from toolkit.fsutil import sha256_file
+from toolkit.fsutil import exclusive, sha256_file
 from toolkit.quantize import QuantizeSettings, quantize
 
 
@@ -176,6 +177,25 @@ def test_a_disk_that_fills_up_while_writing_is_named_and_nothing_is_left(tiny_hf
     assert r.stderr.strip().splitlines()[-1].startswith(
         f"error: the disk under {disk / 'm' / 'tiny-llama'} ran out of space while writing {writing} (")
     assert files_under(disk) == []
+
+
+def test_a_second_quantize_into_the_same_directory_stops_before_touching_it(tiny_hf, tmp_path):
+    """Two runs into one directory (two terminals, say) would remove each other's temporary files
+    and rewrite the manifest without the other's entries: the second stops at once."""
+    out = tmp_path / "models"
+    directory = out / "tiny-llama"
+    directory.mkdir(parents=True)
+    partial = directory / ".tiny-llama-BF16.intermediate.partial"
+    partial.write_bytes(b"the first run's conversion, under way")
+    with exclusive(directory / manifest.LOCK, "first"):
+        r = run_cli("quantize", str(tiny_hf), "--q8_0", "--no-check", "--output-dir", str(out))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith(f"error: {directory} is being written by another toolkit process "
+                                   f"(pid {os.getpid()}); wait for it to finish, or choose another --output-dir")
+        assert files_under(directory) == sorted([manifest.LOCK, partial.name])
+    partial.unlink()
+    assert run_cli("quantize", str(tiny_hf), "--q8_0", "--no-check", "--output-dir", str(out)).returncode == 0
+    assert files_under(directory) == ["manifest.json", "tiny-llama-Q8_0.gguf"]
 
 
 def test_second_architecture_gemma3(gemma3_hf, tmp_path):

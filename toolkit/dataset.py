@@ -155,6 +155,12 @@ def settings_path(output: Path) -> Path:
     return output.with_name(f".{output.name}.settings.json")
 
 
+def lock_path(output: Path) -> Path:
+    """The lock a run holds while it writes `output` (a link's target: one run per answers file)."""
+    target = through_link(output)
+    return target.with_name(f".{target.name}.lock")
+
+
 def read_settings(output: Path) -> dict | None:
     """The recorded settings, or None when there is no record (infer before it kept one, or a
     file infer did not write)."""

@@ -119,3 +119,8 @@ class OutputNotWritable(UserError):
 class DiskFull(OutputNotWritable):
     """The disk cannot hold what a step writes: refused before the step when its size is known,
     or named when the disk filled while writing (nothing half-written is kept either way)."""
+
+
+class OutputBusy(OutputNotWritable):
+    """Another toolkit process is writing the same output: a second writer would remove the
+    first one's temporary files and lose its manifest or answers, so it stops at once."""

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import DiskFull, OutputNotWritable
+from .errors import DiskFull, OutputBusy, OutputNotWritable
 
 # Below this much free space, a write that failed failed because the disk is full.
 _NEARLY_FULL = 16 << 20
@@ -106,6 +106,44 @@ def write_text_atomic(final: Path, text: str) -> None:
 
 def write_json_atomic(final: Path, data: Any, indent: int = 2) -> None:
     write_text_atomic(final, json.dumps(data, ensure_ascii=False, indent=indent) + "\n")
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path, what: str, hint: str = "wait for it to finish, or write elsewhere") -> Iterator[None]:
+    """Hold `lock` (a file beside the output, removed afterwards) as the output's only writer;
+    a second toolkit process stops at once with OutputBusy. The lock goes with the process, so a
+    killed run never leaves its output locked."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OutputNotWritable(f"{lock.parent}: cannot write there ({e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "pid unknown"
+            os.close(fd)
+            raise OutputBusy(f"{what} is being written by another toolkit process ({holder}); {hint}") from None
+        try:  # the writer before us may have removed the file after we opened it: lock the one there
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        with contextlib.suppress(OSError):  # only for the other process's message: a full disk must not stop us
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()}".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)  # while still held, so no one locks a file that is about to go
+        os.close(fd)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

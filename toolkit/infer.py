@@ -17,7 +17,7 @@ from .clean import clean_answer, has_answer_form
 from .engine import Engine, EngineSettings, Generation, LoadInfo
 from .errors import ModelNotFound, UserError
 from .fit import KV_PAD, round_up
-from .fsutil import sha256_file
+from .fsutil import exclusive, sha256_file
 from .parallel import ParallelDecoder, Request, kv_cells, shared_prefixes
 from .prompts import CORRECTION, SELECTION, PromptSet, build_messages, warn_unknown_types
 from .sampler import Sampler, SamplingParams, item_seed
@@ -220,7 +220,15 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
     if output.resolve() == input_path.resolve():
         raise UserError("the output would overwrite the input file; choose another --output")
     held = dataset.check_output(output, items)
-    dataset.drop_leftovers(output)
+    # One run per output: a second would remove this one's temporary files and write its answers over ours.
+    with exclusive(dataset.lock_path(output), str(output), "wait for it to finish, or choose another --output"):
+        dataset.drop_leftovers(output)
+        return _answer(input_path, items, output, held, model_path, params, settings)
+
+
+def _answer(input_path: Path, items: list[dict], output: Path, held, model_path: Path, params: SamplingParams,
+            settings: InferSettings) -> InferResult:
+    """Load the model, prompt, generate and write, the output's lock held."""
     previous = dataset.previous_answers(held, items) if settings.resume and not settings.dry_run else {}
     if settings.dry_run and dataset.holds_answers(held):
         raise UserError(f"{output} holds answers; a dry run would replace them: choose another --output")

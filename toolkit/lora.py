@@ -15,7 +15,7 @@ from . import gguf, manifest
 from .adapter import Adapter, base_tensors, check_base, load_adapter, runtime_adapter_dir
 from .convert import LORA_OUTTYPES, convert_lora
 from .errors import OutputExists, UserError
-from .fsutil import ensure_writable_dir, sha256_file, through_link
+from .fsutil import ensure_writable_dir, exclusive, sha256_file, through_link
 from .source import Source, fetch, locate
 
 
@@ -62,32 +62,36 @@ def export_lora(adapter_spec: str, base_spec: str, settings: LoraSettings = Lora
     out = settings.output or directory / f"{name}-{key}.gguf"
     # The manifest beside the merged GGUFs records the file only in its default place.
     tracked = settings.output is None
-    recorded = manifest.load(directory) if tracked else {}
-    same = tracked and manifest.same_origin(recorded, base.identity(), lora.source.identity())
-    man = recorded if same else manifest.new(base.identity(), lora.record())
-
     if out.is_dir():
         raise UserError(f"{out}: is a directory; --output takes a file name")
-    if out.exists() and not settings.force:
-        entry = man["files"].get(key) if same else None
-        if entry and entry.get("size") == out.stat().st_size and is_lora_gguf(out):
-            return LoraResult(lora, base, out, entry["size"], entry["seconds"], "skipped")
-        raise OutputExists(f"{out} exists but was not made by toolkit from this adapter and base; --force replaces it")
+    target = through_link(out)
+    ensure_writable_dir(target.parent)  # before the download and conversion
+    # One writer at a time: the directory `quantize --lora` also writes, or the one file asked for.
+    lock = directory / manifest.LOCK if tracked else target.with_name(f".{target.name}.lock")
+    with exclusive(lock, str(directory if tracked else out)):
+        recorded = manifest.load(directory) if tracked else {}
+        same = tracked and manifest.same_origin(recorded, base.identity(), lora.source.identity())
+        man = recorded if same else manifest.new(base.identity(), lora.record())
 
-    ensure_writable_dir(through_link(out).parent)  # before the download and conversion
-    checkpoint = fetch(base, token)
-    # Refuse before converting: the converter's own failure for a foreign base is an assert.
-    check_base(lora, base_tensors(checkpoint), checkpoint.name, runtime=True)
-    t0 = time.monotonic()
-    with runtime_adapter_dir(lora, out.parent) as adapter_dir:
-        convert_lora(adapter_dir, checkpoint, out, outtype)
-    seconds = time.monotonic() - t0
-    size = out.stat().st_size
-    info = gguf.read(out)  # complete, or a clear error
-    if tracked:
-        manifest.record(directory, man, key, {
-            "type": key, "file": out.name, "lora": True, "size": size, "tensors": len(info.tensors),
-            "sha256": sha256_file(out), "seconds": round(seconds, 2),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        })
-    return LoraResult(lora, base, out, size, seconds, "built")
+        if out.exists() and not settings.force:
+            entry = man["files"].get(key) if same else None
+            if entry and entry.get("size") == out.stat().st_size and is_lora_gguf(out):
+                return LoraResult(lora, base, out, entry["size"], entry["seconds"], "skipped")
+            raise OutputExists(f"{out} exists but was not made by toolkit from this adapter and base; --force replaces it")
+
+        checkpoint = fetch(base, token)
+        # Refuse before converting: the converter's own failure for a foreign base is an assert.
+        check_base(lora, base_tensors(checkpoint), checkpoint.name, runtime=True)
+        t0 = time.monotonic()
+        with runtime_adapter_dir(lora, out.parent) as adapter_dir:
+            convert_lora(adapter_dir, checkpoint, out, outtype)
+        seconds = time.monotonic() - t0
+        size = out.stat().st_size
+        info = gguf.read(out)  # complete, or a clear error
+        if tracked:
+            manifest.record(directory, man, key, {
+                "type": key, "file": out.name, "lora": True, "size": size, "tensors": len(info.tensors),
+                "sha256": sha256_file(out), "seconds": round(seconds, 2),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            })
+        return LoraResult(lora, base, out, size, seconds, "built")

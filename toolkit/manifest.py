@@ -10,6 +10,7 @@ from . import __version__, vendor, versions
 from .fsutil import write_json_atomic
 
 FILENAME = "manifest.json"
+LOCK = ".toolkit.lock"  # held in a model's directory while toolkit writes there (fsutil.exclusive)
 
 
 def load(directory: Path) -> dict[str, Any]:

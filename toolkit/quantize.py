@@ -17,7 +17,7 @@ from .adapter import Adapter, load_adapter, merged_checkpoint
 from .convert import checkpoint_dtype, convert, read_config, resolve_outtype
 from .engine import Engine, EngineSettings
 from .errors import InvalidGGUF, OutputExists, UserError
-from .fsutil import ensure_writable_dir, require_space, sha256_file
+from .fsutil import ensure_writable_dir, exclusive, require_space, sha256_file
 from .quantizer import (DEFAULT_TYPE, IMATRIX_TYPES, QUANT_TYPES, canonical_type, estimated_size, imatrix_required,
                         quantize_file, quantize_file_with_imatrix, verify_loads)
 from .source import Source, fetch, locate
@@ -220,11 +220,25 @@ def _check_inputs(settings: QuantizeSettings, types: list[str]) -> list[dict] | 
 def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token: str | None = None) -> QuantizeResult:
     types = list(dict.fromkeys(canonical_type(t) for t in settings.types)) or [DEFAULT_TYPE]
     calibration_items = _check_inputs(settings, types)
+    if settings.imatrix is not None:
+        from . import tools
+
+        tools.require()  # before any download, conversion or directory
     source = locate(model, settings.revision, token)
     lora = load_adapter(settings.lora, settings.lora_revision, token) if settings.lora else None
     # A merged model is another model: its own directory and names, <base>-<adapter>.
     name = f"{source.name}-{lora.name}" if lora else source.name
     directory = settings.output_dir / name
+    ensure_writable_dir(directory)  # before a download or conversion that could not be kept
+    # One writer per model directory: a second would remove this one's temporary files and
+    # rewrite the manifest without its entries.
+    with exclusive(directory / manifest.LOCK, str(directory), "wait for it to finish, or choose another --output-dir"):
+        return _build(source, lora, name, directory, types, calibration_items, settings, token)
+
+
+def _build(source: Source, lora: Adapter | None, name: str, directory: Path, types: list[str],
+           calibration_items: list[dict] | None, settings: QuantizeSettings, token: str | None) -> QuantizeResult:
+    """Everything after the source is known, under the directory's lock: skip, convert, quantize, record."""
     result = QuantizeResult(source, directory, adapter=lora)
     recorded = manifest.load(directory)
     same_source = manifest.same_origin(recorded, source.identity(), lora.source.identity() if lora else None)
@@ -232,10 +246,6 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
 
     # Decide everything before any work: skip what is finished, refuse to clobber the rest.
     with_imatrix = settings.imatrix is not None
-    if with_imatrix:
-        from . import tools
-
-        tools.require()  # before any download or conversion
     wanted = _wanted_matrix(settings, calibration_items)
     todo: list[str] = []
     for qtype in types:
@@ -254,7 +264,6 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
             result.imatrix = _matrix_of(man, result.files)
         return result
 
-    ensure_writable_dir(directory)  # before a download or conversion that could not be kept
     checkpoint = fetch(source, token)
     config = read_config(checkpoint)
     inter_type = resolve_outtype(settings.outtype, config).upper()
