@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
+import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -113,11 +115,28 @@ class FakeHub:
                 self._error(404, None, "not found")
 
             def _info(self, repo_id: str) -> None:
+                # As the hub: each file's content hash (LFS sha256 or git blob id; here sha256 for
+                # both, as the ETag below), and the parameter count read from safetensors headers.
                 directory, sha = hub.repos[repo_id]
-                siblings = [{"rfilename": p.name, "size": p.stat().st_size}
-                            for p in sorted(directory.iterdir()) if p.is_file()]
-                self._json({"id": repo_id, "modelId": repo_id, "sha": sha, "private": False,
-                            "siblings": siblings, "tags": [], "downloads": 0, "likes": 0})
+                siblings, n_params = [], 0
+                for p in sorted(directory.iterdir()):
+                    if not p.is_file():
+                        continue
+                    digest = hashlib.sha256(p.read_bytes()).hexdigest()
+                    sibling = {"rfilename": p.name, "size": p.stat().st_size}
+                    if p.suffix == ".safetensors":
+                        sibling["lfs"] = {"sha256": digest, "size": p.stat().st_size, "pointerSize": 134}
+                        with open(p, "rb") as f:
+                            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+                        n_params += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+                    else:
+                        sibling["blobId"] = digest
+                    siblings.append(sibling)
+                info = {"id": repo_id, "modelId": repo_id, "sha": sha, "private": False,
+                        "siblings": siblings, "tags": [], "downloads": 0, "likes": 0}
+                if n_params:
+                    info["safetensors"] = {"parameters": {"BF16": n_params}, "total": n_params}
+                self._json(info)
 
             def _tree(self, repo_id: str) -> None:
                 directory, _ = hub.repos[repo_id]

@@ -168,3 +168,22 @@ def test_base_model_calibration_is_plain_text():
     assert "<|im_start|>" not in calib.text and "<start_of_turn>" not in calib.text
     assert calib.text.startswith(PromptSet().system)
     assert all(i["output"]["answer"].strip() in calib.text for i in items)
+
+
+def test_an_imatrix_quant_is_sized_by_llama_quantizes_own_dry_run_with_the_matrix(smollm2_imatrix_models, small_disk,
+                                                                                 tmp_path):
+    """For IQ types the matrix decides some tensors' types, so the size comes from a dry run with it."""
+    from toolkit.errors import DiskFull
+    from toolkit.quantizer import quantize_file_with_imatrix
+
+    _, calibrated = smollm2_imatrix_models
+    directory = calibrated.directory
+    src, matrix = directory / f"{directory.name}-BF16.gguf", directory / f"{directory.name}.imatrix.gguf"
+    made = tmp_path / "x-IQ3_XXS.gguf"
+    quantize_file_with_imatrix(src, made, "IQ3_XXS", matrix)
+    size = made.stat().st_size
+    disk = small_disk(size // (1 << 20) - 2)
+    with pytest.raises(DiskFull) as e:
+        quantize_file_with_imatrix(src, disk / "x-IQ3_XXS.gguf", "IQ3_XXS", matrix)
+    assert f"writing x-IQ3_XXS.gguf needs about {size / 1e6:.0f} MB under {disk}" in str(e.value)
+    assert list(disk.iterdir()) == []

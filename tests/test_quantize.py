@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from llama_cpp import Llama
 
-from conftest import files_under, run_cli
+from conftest import files_under, make_lora, run_cli
 from toolkit import demo, embedded, fit, gguf, manifest
 from toolkit.engine import Engine, EngineSettings
 from toolkit.errors import OutputExists, UserError
@@ -163,6 +163,21 @@ def test_a_quant_bigger_than_estimated_is_checked_with_llama_cpps_own_size_first
     r = run_cli("quantize", str(tiny_hf), "--q4_k_m", "--no-check", "--output-dir", str(out))
     assert r.returncode == 2 and "writing tiny-llama-Q4_K_M.gguf needs about 21 MB under" in r.stderr, r.stderr
     assert {f: sha256_file(out / f) for f in files_under(out)} == before
+
+
+def test_a_lora_merge_is_counted_at_its_peak_and_before_it_starts(tiny_hf, small_disk, tmp_path):
+    """The merge copies the shard the adapter changes (57 MB here); the copy goes once the BF16
+    file is written, before any quant: the peak is 57 + 58 MB, not copy + BF16 + Q8_0."""
+    lora = make_lora(tiny_hf, tmp_path / "tiny-lora")
+    small = small_disk(100)
+    r = run_cli("quantize", str(tiny_hf), "--lora", str(lora), "--q8_0", "--no-check", "--output-dir", str(small))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "merging tiny-lora and writing tiny-llama-tiny-lora as BF16 + Q8_0 needs about 11" in r.stderr
+    assert files_under(small) == []  # refused before the merge
+    roomy = small_disk(120)
+    r = run_cli("quantize", str(tiny_hf), "--lora", str(lora), "--q8_0", "--no-check", "--output-dir", str(roomy))
+    assert r.returncode == 0, r.stderr
+    assert files_under(roomy) == ["tiny-llama-tiny-lora/manifest.json", "tiny-llama-tiny-lora/tiny-llama-tiny-lora-Q8_0.gguf"]
 
 
 # As if another program took the space after the checks: they are switched off in that process.

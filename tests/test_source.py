@@ -180,7 +180,7 @@ def test_a_download_the_disk_cannot_hold_is_refused_before_it_starts(hub, tmp_pa
                 env=hub_env(hub, tmp_path, HF_HOME=str(disk / "hf")))
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "downloading team/smol-ko needs about 60 MB under" in r.stderr and "21 MB free" in r.stderr
-    assert "set HF_HOME to a disk with room" in r.stderr
+    assert "set HF_HOME (or HF_HUB_CACHE) to a disk with room" in r.stderr
     assert not any("/resolve/" in p for _, p, _ in hub.requests[n:]) and files_under(disk) == []
 
 
@@ -193,7 +193,8 @@ def test_a_download_that_fills_the_disk_is_named_and_resumes_once_there_is_room(
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith(
         f"error: the disk under {disk / 'hf' / 'hub' / 'models--team--smol-ko'} ran out of space while downloading "
-        f"team/smol-ko ({SHARD}); free some space there or set HF_HOME to a disk with room, and rerun to resume")
+        f"team/smol-ko ({SHARD}); free some space there or set HF_HOME (or HF_HUB_CACHE) to a disk with room, and rerun "
+        "to resume")
     partial = [p for p in files_under(disk) if p.endswith(".incomplete")]
     assert len(partial) == 1 and (disk / partial[0]).stat().st_size > 20 << 20
     subprocess.run(["mount", "-o", "remount,size=100m", str(disk)], check=True)
@@ -202,3 +203,33 @@ def test_a_download_that_fills_the_disk_is_named_and_resumes_once_there_is_room(
     assert r.returncode == 0, r.stderr
     ranges = [h.get("range") for m, p, h in hub.requests[n:] if m == "GET" and p.endswith(SHARD)]
     assert len(ranges) == 1 and ranges[0].startswith("bytes=") and ranges[0] != "bytes=0-"
+
+
+def test_the_outputs_are_checked_before_a_download_that_shares_their_disk(hub, tmp_path, small_disk):
+    """The hub's parameter count sizes the outputs before any byte is fetched: 60 MB of download
+    and 88 MB of BF16 + Q8_0 do not fit 105 MB, however they are taken in turn."""
+    disk = small_disk(100)
+    n = len(hub.requests)
+    r = run_cli("quantize", "team/smol-ko", "--q8_0", "--no-check", "--output-dir", str(disk / "models"),
+                env=hub_env(hub, tmp_path, HF_HOME=str(disk / "hf")))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "downloading team/smol-ko and writing smol-ko as BF16 + Q8_0 needs about 14" in r.stderr
+    assert "105 MB free; free some space there, choose another --output-dir or set HF_HOME" in r.stderr
+    assert not any("/resolve/" in p for _, p, _ in hub.requests[n:]) and files_under(disk) == []
+
+
+def test_a_new_commit_downloads_only_what_changed(hub, tmp_path, small_disk):
+    """A new commit (a README edit, say) has a snapshot of its own but the same weights: they are
+    linked from the cache, neither downloaded nor counted against the disk again."""
+    disk = small_disk(70)  # room for the model once, not twice
+    env = hub_env(hub, tmp_path, HF_HOME=str(disk / "hf"))
+    repo_dir, _ = hub.repos["team/smol-ko"]
+    hub.add("team/smol-edited", repo_dir)
+    args = ("quantize", "team/smol-edited", "--q8_0", "--no-check")
+    assert run_cli(*args, "--output-dir", str(tmp_path / "m1"), env=env).returncode == 0
+    hub.repos["team/smol-edited"] = (repo_dir, "e" * 40)
+    n = len(hub.requests)
+    r = run_cli(*args, "--output-dir", str(tmp_path / "m2"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert not [p for m, p, _ in hub.requests[n:] if m == "GET" and "/resolve/" in p]
+    assert (disk / "hf" / "hub" / "models--team--smol-edited" / "snapshots" / ("e" * 40) / SHARD).is_file()

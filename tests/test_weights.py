@@ -25,3 +25,14 @@ def test_pytorch_bin_weights_are_counted_from_their_size_and_saved_dtype(tiny_hf
     assert exact <= count_params(tmp_path, "float32") < exact * 1.01
     assert count_params(tmp_path) == count_params(tmp_path, "float32")  # unknown: counted low, never high
     assert count_params(tmp_path, "bfloat16") == 2 * count_params(tmp_path, "float32")
+
+
+def test_a_vision_tower_is_not_counted_as_the_converter_leaves_it_out(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"model.layers.0.mlp.down_proj.weight": torch.zeros(8, 4, dtype=torch.bfloat16),
+               "model.vision_tower.blocks.0.weight": torch.zeros(16, 16, dtype=torch.bfloat16),
+               "model.multi_modal_projector.linear.weight": torch.zeros(4, 4, dtype=torch.bfloat16)},
+              str(tmp_path / "model.safetensors"))
+    assert count_params(tmp_path) == 32
+    assert len(safetensors_tensors(tmp_path)) == 3

@@ -252,9 +252,7 @@ def merge(checkpoint: Path, adapter: Adapter, out_dir: Path) -> Path:
                                  "tokens and cannot be merged; use it at runtime: toolkit lora ADAPTER --base BASE")
     base = base_tensors(checkpoint)
     check_base(adapter, base, checkpoint.name)
-    by_file: dict[str, list[str]] = {}
-    for target in dict.fromkeys([*adapter.base_copies, *adapter.full, *adapter.updates]):
-        by_file.setdefault(base[target].file, []).append(target)
+    by_file = _changed_shards(base, adapter)
     out_dir.mkdir(parents=True)
     require_space(out_dir, sum((checkpoint / f).stat().st_size for f in by_file),
                   f"merging {adapter.name} (a copy of the shards it changes)")
@@ -267,6 +265,21 @@ def merge(checkpoint: Path, adapter: Adapter, out_dir: Path) -> Path:
         else:  # untouched: config, tokenizer, shards the adapter does not change
             dst.symlink_to(src.resolve())
     return out_dir
+
+
+def _changed_shards(base: dict[str, WeightTensor], adapter: Adapter) -> dict[str, list[str]]:
+    """Shard file -> the tensors in it that the adapter changes (only these shards are copied)."""
+    by_file: dict[str, list[str]] = {}
+    for target in dict.fromkeys([*adapter.base_copies, *adapter.full, *adapter.updates]):
+        by_file.setdefault(base[target].file, []).append(target)
+    return by_file
+
+
+def merge_copy_bytes(checkpoint: Path, adapter: Adapter) -> int:
+    """What a merge writes beside the outputs: the shards the adapter changes, copied whole."""
+    base = base_tensors(checkpoint)
+    check_base(adapter, base, checkpoint.name)
+    return sum((checkpoint / f).stat().st_size for f in _changed_shards(base, adapter))
 
 
 def _merge_shard(src: Path, dst: Path, targets: list[tuple[str, WeightTensor]], adapter: Adapter) -> None:

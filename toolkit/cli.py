@@ -569,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an internal failure: one line unless -v
         if args.verbose:
             traceback.print_exc()
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # the machine's disk, not a bug of ours
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # the machine's disk, not a bug of ours
             where = f" writing {e.filename}" if e.filename else ""
             console.err.print(f"[red]error:[/red] no space left on the device{where}; free some space and rerun "
                               "(finished work is kept, nothing half-written is left)", soft_wrap=True)

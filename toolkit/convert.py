@@ -25,8 +25,9 @@ _UNMAPPED = re.compile(r"Can not map tensor '([^']+)'")
 # of its tokens for a fixed text, and cannot run one it does not know.
 _UNKNOWN_PRE = re.compile(r"BPE pre-tokenizer was not recognized")
 _CHKHSH = re.compile(r"chkhsh:\s+([0-9a-f]{64})")
-# How the converter says the disk is full: gguf-py's own check before a write, the OS, numpy's tofile.
-_NO_SPACE = re.compile(r"Not enough free space|No space left on device|\d+ requested and \d+ written")
+# How the converter says the disk is full: numpy's tofile (it checks the room before a write, and
+# counts a short one), the OS; and a quota.
+_NO_SPACE = re.compile(r"Not enough free space|No space left on device|\d+ requested and \d+ written|Disk quota exceeded")
 
 
 def read_config(checkpoint: Path) -> dict:

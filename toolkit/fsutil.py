@@ -38,12 +38,22 @@ def ensure_writable_dir(directory: Path) -> None:
         raise OutputNotWritable(f"{directory}: cannot write there ({e.strerror})") from None
 
 
-def free_bytes(path: Path) -> int:
-    """Free space on the file system that holds `path`, or would hold it (its nearest existing parent)."""
+def _existing(path: Path) -> Path:
+    """`path`, or its nearest parent that exists: where it would be."""
     path = Path(os.path.abspath(path))
     while not path.exists() and path != path.parent:
         path = path.parent
-    return shutil.disk_usage(path).free
+    return path
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the file system that holds `path`, or would hold it."""
+    return shutil.disk_usage(_existing(path)).free
+
+
+def same_disk(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` are (or would be) on one file system, sharing its free space."""
+    return os.stat(_existing(a)).st_dev == os.stat(_existing(b)).st_dev
 
 
 def size_text(n: int) -> str:

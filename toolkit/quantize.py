@@ -13,14 +13,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import gguf, manifest
-from .adapter import Adapter, load_adapter, merged_checkpoint
+from .adapter import Adapter, load_adapter, merge_copy_bytes, merged_checkpoint
 from .convert import checkpoint_dtype, convert, read_config, resolve_outtype
 from .engine import Engine, EngineSettings
 from .errors import InvalidGGUF, OutputExists, UserError
-from .fsutil import ensure_writable_dir, exclusive, require_space, sha256_file
+from .fsutil import ensure_writable_dir, exclusive, require_space, same_disk, sha256_file
 from .quantizer import (DEFAULT_TYPE, IMATRIX_TYPES, QUANT_TYPES, canonical_type, estimated_size, imatrix_required,
                         quantize_file, quantize_file_with_imatrix, verify_loads)
-from .source import Source, fetch, locate
+from .source import Source, fetch, locate, pending_bytes, repo_cache_dir
 from .weights import count_params
 
 
@@ -190,11 +190,28 @@ def _check_matrix_file(path: Path) -> None:
         raise UserError(f"{path}: not an importance matrix (neither a GGUF imatrix nor llama-imatrix's .dat)")
 
 
-def _require_space(directory: Path, name: str, n_params: int, types: list[str]) -> None:
-    """Refuse before converting when the disk cannot hold the files (the 16-bit one stays until
-    every quant is written): a full disk is said now, not minutes into the work."""
-    need = sum(estimated_size(n_params, t) for t in types)
-    require_space(directory, need, f"writing {name} as {' + '.join(types)}")
+def _space_for(n_params: int, quants: list[str], intermediate: str | None, merge_bytes: int = 0) -> int:
+    """About the most the outputs take at once: the 16-bit file stays until every quant is
+    written; a LoRA merge's copy of the shards it changes goes once the conversion is done."""
+    quant_bytes = sum(estimated_size(n_params, t) for t in quants)
+    if intermediate is None:
+        return quant_bytes
+    return estimated_size(n_params, intermediate) + max(quant_bytes, merge_bytes)
+
+
+def _check_space_before_download(source: Source, directory: Path, name: str, todo: list[str], download: int,
+                                 outtype: str, converting: bool) -> None:
+    """With the hub's parameter count, the outputs are checked before a download that would
+    only be refused afterwards, together with it where the HF cache shares their disk."""
+    inter = "F32" if outtype.lower() == "f32" else "BF16"  # F16 and BF16 take the same room
+    quants = [t for t in todo if t not in ("F32", "F16", "BF16")]
+    need = _space_for(source.parameters, quants, inter if converting else None)
+    what = f"writing {name} as {' + '.join(([inter] if converting else []) + quants)}"
+    if same_disk(repo_cache_dir(source.id), directory):
+        require_space(directory, download + need, f"downloading {source.id} and {what}",
+                      "free some space there, choose another --output-dir or set HF_HOME to a disk with room")
+    else:
+        require_space(directory, need, what)
 
 
 def _check_inputs(settings: QuantizeSettings, types: list[str]) -> list[dict] | None:
@@ -264,6 +281,9 @@ def _build(source: Source, lora: Adapter | None, name: str, directory: Path, typ
             result.imatrix = _matrix_of(man, result.files)
         return result
 
+    if source.parameters and (download := pending_bytes(source)):
+        _check_space_before_download(source, directory, name, todo, download, settings.outtype,
+                                     converting=not (same_source and any(e.get("intermediate") for e in man["files"].values())))
     checkpoint = fetch(source, token)
     config = read_config(checkpoint)
     inter_type = resolve_outtype(settings.outtype, config).upper()
@@ -277,6 +297,10 @@ def _build(source: Source, lora: Adapter | None, name: str, directory: Path, typ
     intermediate = inter_final if (keep or reuse) else directory / f".{name}-{inter_type}.intermediate"
     n_params = count_params(checkpoint, checkpoint_dtype(config))  # a LoRA merge changes no shapes
     quants = [t for t in todo if t != inter_type]
+    merge_bytes = merge_copy_bytes(checkpoint, lora) if lora and not reuse else 0
+    what = f"writing {name} as {' + '.join(quants if reuse else [inter_type, *quants])}"
+    require_space(directory, _space_for(n_params, quants, None if reuse else inter_type, merge_bytes),
+                  f"merging {lora.name} and {what}" if merge_bytes else what)
     try:
         if not reuse:
             with contextlib.ExitStack() as stack:
@@ -284,7 +308,6 @@ def _build(source: Source, lora: Adapter | None, name: str, directory: Path, typ
                     t0 = time.monotonic()
                     checkpoint = stack.enter_context(merged_checkpoint(checkpoint, lora, directory, name))
                     result.merge_seconds = time.monotonic() - t0
-                _require_space(directory, name, n_params, [inter_type, *quants])
                 t0 = time.monotonic()
                 # A file kept under its final name is loaded by llama.cpp before it takes that name.
                 convert(checkpoint, intermediate, settings.outtype, verify=verify_loads if keep else None)
@@ -294,8 +317,6 @@ def _build(source: Source, lora: Adapter | None, name: str, directory: Path, typ
                 manifest.record(directory, man, inter_type, entry)
                 if inter_type in todo:
                     result.files.append(_output(intermediate, entry, "built"))
-        elif quants:
-            _require_space(directory, name, n_params, quants)
         matrix = _imatrix(settings, calibration_items, intermediate, directory, name, man,
                           result, wanted) if with_imatrix else None
         for qtype in todo:

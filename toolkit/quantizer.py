@@ -24,8 +24,10 @@ DEFAULT_TYPE = "Q4_K_M"
 IMATRIX_TYPES = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "Q2_K_S"})
 _TENSOR_STEP = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
 _QUANT_SIZE = re.compile(r"quant size\s*=\s*([\d.]+) MiB")
-# A file type's main ggml type where the names differ (otherwise Q4_K_M → Q4_K, MXFP4_MOE → MXFP4).
-_MAIN_TYPE = {"IQ2_M": "IQ2_S", "IQ3_M": "IQ3_S", "IQ3_XS": "IQ3_XXS"}
+# The ggml type a file type writes most weights in, where the names differ (llama_ftype_get_default_type;
+# otherwise Q4_K_M → Q4_K, MXFP4_MOE → MXFP4). IQ3_XS: IQ3_S by default, but some tensors go down to
+# IQ3_XXS, and the estimate must stay below the file.
+_MAIN_TYPE = {"IQ2_S": "IQ2_XS", "IQ2_M": "IQ2_S", "IQ3_M": "IQ3_S", "IQ3_XS": "IQ3_XXS"}
 
 
 def canonical_type(name: str) -> str:
@@ -64,9 +66,20 @@ def plan(src: Path, qtype: str) -> QuantPlan:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), os.devnull.encode(), ctypes.byref(params))
     text = log.text()
     needs = "require an imatrix" in text or (rc != 0 and "importance matrix" in text)
-    m = _QUANT_SIZE.search(text)
-    size = int(float(m.group(1)) * (1 << 20)) + gguf.read(src).data_offset if m else None
-    return QuantPlan(needs, size)
+    return QuantPlan(needs, _quant_size(text, src))
+
+
+def _quant_size(log: str, src: Path) -> int | None:
+    """The file size a dry run's log gives: tensor data ("quant size = … MiB") plus the metadata."""
+    m = _QUANT_SIZE.search(log)
+    return int(float(m.group(1)) * (1 << 20)) + gguf.read(src).data_offset if m else None
+
+
+def _run_tool(cmd: list[str]) -> str:
+    with child(cmd, text=True, errors="replace") as proc:
+        out = proc.stdout.read()
+        proc.wait()
+    return out
 
 
 def estimated_size(n_params: int, qtype: str) -> int:
@@ -130,7 +143,8 @@ def quantize_file_with_imatrix(src: Path, dst: Path, qtype: str, imatrix: Path, 
     from . import tools
 
     llama_quantize = tools.require().path("llama-quantize")
-    if size := plan(src, qtype).size:  # the matrix changes how weights round, not their types
+    # Its own dry run, with the matrix: for IQ types the matrix decides some tensors' types.
+    if size := _quant_size(_run_tool([str(llama_quantize), "--dry-run", "--imatrix", str(imatrix), str(src), qtype]), src):
         require_space(dst.parent, size, f"writing {dst.name}")
     with console.step_progress() as progress, atomic_path(dst) as tmp:
         task = progress.add_task(f"quantize → {qtype} (imatrix)", total=None)

@@ -34,7 +34,7 @@ _PYTORCH_BIN = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-_ROOM_HINT = "free some space there or set HF_HOME to a disk with room"
+ROOM_HINT = "free some space there or set HF_HOME (or HF_HUB_CACHE) to a disk with room"
 
 
 @dataclass
@@ -48,6 +48,8 @@ class Source:
     commit: str | None = None
     fingerprint: str | None = None
     files: dict[str, int] = field(default_factory=dict)  # hub: file -> size
+    blobs: dict[str, str] = field(default_factory=dict)  # hub: file -> content hash, its name in the HF cache
+    parameters: int | None = None  # hub: the weights' parameter count, as the hub read it from the headers
     path: Path | None = None  # set once the files are local
 
     def identity(self) -> dict:
@@ -160,8 +162,10 @@ def _locate_hub(repo_id: str, revision: str | None, token: str | None, adapter: 
         raise NotACheckpoint(f"{repo_id}: the repo has no config.json, so it is not a transformers checkpoint")
     if not any(f.endswith((".safetensors", ".bin")) for f in wanted):
         raise NotACheckpoint(f"{repo_id}: the repo has no safetensors or pytorch weights (a GGUF-only repo?)")
+    blobs = {s.rfilename: s.lfs.sha256 if s.lfs else s.blob_id for s in (info.siblings or [])}
     return Source("hub", repo_id, name, revision=revision or "main", commit=info.sha,
-                  files={f: files[f] for f in wanted})
+                  files={f: files[f] for f in wanted}, blobs={f: blobs[f] for f in wanted if blobs.get(f)},
+                  parameters=info.safetensors.total if info.safetensors else None)
 
 
 def _is_connection_error(e: Exception) -> bool:
@@ -194,11 +198,8 @@ def fetch(source: Source, token: str | None = None) -> Path:
 
     total = sum(source.files.values())
     done = threading.Event()
-    cache_dir = _repo_cache_dir(source.id)
-    snapshot = cache_dir / "snapshots" / source.commit
-    missing = sum(size for name, size in source.files.items() if not (snapshot / name).exists())
-    resumed = sum(p.stat().st_size for p in (cache_dir / "blobs").glob("*.incomplete"))
-    require_space(cache_dir, missing - resumed, f"downloading {source.id}", _ROOM_HINT)
+    cache_dir = repo_cache_dir(source.id)
+    require_space(cache_dir, pending_bytes(source), f"downloading {source.id}", ROOM_HINT)
     start = _dir_bytes(cache_dir)
     disable_progress_bars()  # rich shows one bar for the whole transfer instead
     try:
@@ -221,6 +222,20 @@ def fetch(source: Source, token: str | None = None) -> Path:
         enable_progress_bars()
     source.path = snapshot
     return snapshot
+
+
+def pending_bytes(source: Source) -> int:
+    """What `fetch` would still download into the HF cache: files neither in the commit's
+    snapshot nor cached under their content hash (a new commit reuses unchanged files), less what
+    interrupted downloads already hold. 0 for a local or cached source."""
+    if source.path is not None:
+        return 0
+    cache_dir = repo_cache_dir(source.id)
+    snapshot, blobs = cache_dir / "snapshots" / str(source.commit), cache_dir / "blobs"
+    missing = sum(size for name, size in source.files.items()
+                  if not (snapshot / name).exists() and not (name in source.blobs and (blobs / source.blobs[name]).exists()))
+    resumed = sum(p.stat().st_size for p in blobs.glob("*.incomplete"))
+    return max(0, missing - resumed)
 
 
 def _download_snapshot(source: Source, cache_dir: Path, token: str | None) -> Path:
@@ -254,9 +269,9 @@ def _download_snapshot(source: Source, cache_dir: Path, token: str | None) -> Pa
                                  expected_size=meta.size)
                     os.replace(partial, blob)
         except Exception as e:
-            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFull(f"the disk under {cache_dir} ran out of space while downloading {source.id} "
-                               f"({name}); {_ROOM_HINT}, and rerun to resume") from None
+                               f"({name}); {ROOM_HINT}, and rerun to resume") from None
             if _is_connection_error(e):
                 raise HubUnavailable(f"download of {source.id} interrupted ({type(e).__name__}); "
                                      "rerun the same command to resume") from None
@@ -270,7 +285,7 @@ def _download_snapshot(source: Source, cache_dir: Path, token: str | None) -> Pa
     return snapshot
 
 
-def _repo_cache_dir(repo_id: str) -> Path:
+def repo_cache_dir(repo_id: str) -> Path:
     from huggingface_hub import constants
 
     return Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))

@@ -12,6 +12,9 @@ from .errors import NotACheckpoint
 
 # Bytes per element of the dtypes a checkpoint is saved in (config.json's torch spelling).
 _STORED_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+# Towers of vision-language checkpoints (HyperCLOVAX-SEED-Vision, Bllossom-V, kanana-v …): the
+# converter writes the language model alone (the rest goes to an --mmproj file), so they do not count.
+_NOT_TEXT = ("vision", "visual", "mm_projector", "multi_modal_projector", "audio")
 
 
 @dataclass(frozen=True)
@@ -57,10 +60,10 @@ def safetensors_tensors(checkpoint: Path) -> dict[str, WeightTensor]:
 
 
 def count_params(checkpoint: Path, stored_dtype: str | None = None) -> int:
-    """How many weights the converter will read: from the safetensors headers, or, for a
+    """How many weights the converter will write: from the safetensors headers, or, for a
     checkpoint with only pytorch_model*.bin, from their size and the dtype they were saved in
     (float32 when unknown, which counts low rather than high)."""
     if tensors := safetensors_tensors(checkpoint):
-        return sum(math.prod(t.shape) for t in tensors.values())
+        return sum(math.prod(t.shape) for name, t in tensors.items() if not any(w in name for w in _NOT_TEXT))
     stored = _STORED_BYTES.get(stored_dtype or "", 4)
     return sum(p.stat().st_size for p in checkpoint.glob("pytorch_model*.bin")) // stored
