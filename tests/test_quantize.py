@@ -4,6 +4,7 @@ architectures (Qwen3, EXAONE 3.5 and 4) as small random checkpoints with Qwen's 
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -178,6 +179,16 @@ def test_a_lora_merge_is_counted_at_its_peak_and_before_it_starts(tiny_hf, small
     r = run_cli("quantize", str(tiny_hf), "--lora", str(lora), "--q8_0", "--no-check", "--output-dir", str(roomy))
     assert r.returncode == 0, r.stderr
     assert files_under(roomy) == ["tiny-llama-tiny-lora/manifest.json", "tiny-llama-tiny-lora/tiny-llama-tiny-lora-Q8_0.gguf"]
+
+
+def test_a_rerun_with_everything_built_writes_nothing_so_a_read_only_models_dir_serves(tiny_hf, small_disk):
+    disk = small_disk(100)
+    assert run_cli("quantize", str(tiny_hf), "--q8_0", "--no-check", "--output-dir", str(disk)).returncode == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    r = run_cli("quantize", str(tiny_hf), "--q8_0", "--no-check", "--output-dir", str(disk))
+    assert r.returncode == 0 and "skipped" in r.stdout, r.stderr
+    r = run_cli("quantize", str(tiny_hf), "--q4_k_m", "--no-check", "--output-dir", str(disk))
+    assert r.returncode == 2 and "cannot write there (Read-only file system)" in r.stderr
 
 
 # As if another program took the space after the checks: they are switched off in that process.

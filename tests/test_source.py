@@ -10,6 +10,7 @@ from conftest import files_under, run_cli
 from fakehub import FakeHub
 from toolkit.errors import NotACheckpoint
 from toolkit.source import locate, select_files
+from toolkit.weights import count_params
 
 SECRET = "hf_SECRETtokenNEVERprinted123"
 
@@ -233,3 +234,18 @@ def test_a_new_commit_downloads_only_what_changed(hub, tmp_path, small_disk):
     assert r.returncode == 0, r.stderr
     assert not [p for m, p, _ in hub.requests[n:] if m == "GET" and "/resolve/" in p]
     assert (disk / "hf" / "hub" / "models--team--smol-edited" / "snapshots" / ("e" * 40) / SHARD).is_file()
+
+
+def test_the_hubs_count_is_used_only_where_it_is_the_language_models(hub, tmp_path, monkeypatch):
+    """A repo with an image processor holds a vision tower that the converter leaves out, so the
+    hub's count would overstate the outputs; the check before the download then does without it."""
+    repo_dir, _ = hub.repos["team/smol-ko"]
+    vlm = tmp_path / "vlm"
+    shutil.copytree(repo_dir, vlm)
+    (vlm / "preprocessor_config.json").write_text("{}")
+    hub.add("team/smol-vl", vlm)
+    for key, value in hub_env(hub, tmp_path).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", hub.url)
+    assert locate("team/smol-ko").parameters == {"BF16": count_params(repo_dir)}
+    assert locate("team/smol-vl").parameters == {}

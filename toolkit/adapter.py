@@ -14,6 +14,7 @@ import json
 import math
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -349,10 +350,10 @@ def runtime_adapter_dir(adapter: Adapter, work_dir: Path) -> Iterator[Path]:
     from safetensors.torch import save_file
 
     alpha = float(adapter.config.get("lora_alpha", 8))
-    scratch = work_dir / f".{adapter.name}.rescaled"
-    shutil.rmtree(scratch, ignore_errors=True)
+    # A name of its own: two runs writing different --output files into one folder hold different locks.
+    work_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{adapter.name}.rescaled-", dir=work_dir))
     try:
-        scratch.mkdir(parents=True)
         tensors = {}
         for u in adapter.updates.values():
             tensors[u.a_key] = u.a.contiguous()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -130,7 +131,12 @@ def exclusive(lock: Path, what: str, hint: str = "wait for it to finish, or writ
         return
     while True:
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:  # left by another user's killed run: a lock needs no write access
+            try:
+                fd = os.open(lock, os.O_RDONLY)
+            except OSError as e:
+                raise OutputNotWritable(f"{lock.parent}: cannot write there ({e.strerror})") from None
         except OSError as e:
             raise OutputNotWritable(f"{lock.parent}: cannot write there ({e.strerror})") from None
         try:
@@ -139,6 +145,14 @@ def exclusive(lock: Path, what: str, hint: str = "wait for it to finish, or writ
             holder = os.read(fd, 64).decode("ascii", "replace").strip() or "pid unknown"
             os.close(fd)
             raise OutputBusy(f"{what} is being written by another toolkit process ({holder}); {hint}") from None
+        except OSError as e:  # a file system without locks (NFS without lockd, some FUSE mounts)
+            os.close(fd)
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+            yield  # unguarded, as before there were locks
+            return
         try:  # the writer before us may have removed the file after we opened it: lock the one there
             if os.stat(lock).st_ino == os.fstat(fd).st_ino:
                 break

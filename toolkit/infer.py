@@ -219,9 +219,10 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
     output = settings.output or default_output(input_path, model_path, settings.dry_run, settings.engine.lora)
     if output.resolve() == input_path.resolve():
         raise UserError("the output would overwrite the input file; choose another --output")
-    held = dataset.check_output(output, items)
+    dataset.check_output(output, items)  # what must not be replaced is refused before any lock file
     # One run per output: a second would remove this one's temporary files and write its answers over ours.
     with exclusive(dataset.lock_path(output), str(output), "wait for it to finish, or choose another --output"):
+        held = dataset.check_output(output, items)  # again: a run that just ended may have added answers
         dataset.drop_leftovers(output)
         return _answer(input_path, items, output, held, model_path, params, settings)
 

@@ -65,20 +65,28 @@ def export_lora(adapter_spec: str, base_spec: str, settings: LoraSettings = Lora
     if out.is_dir():
         raise UserError(f"{out}: is a directory; --output takes a file name")
     target = through_link(out)
+
+    def finished() -> tuple[dict, LoraResult | None]:
+        """The manifest to extend, and the result when the file is already made (else None)."""
+        recorded = manifest.load(directory) if tracked else {}
+        same = tracked and manifest.same_origin(recorded, base.identity(), lora.source.identity())
+        man = recorded if same else manifest.new(base.identity(), lora.record())
+        if out.exists() and not settings.force:
+            entry = man["files"].get(key) if same else None
+            if entry and entry.get("size") == out.stat().st_size and is_lora_gguf(out):
+                return man, LoraResult(lora, base, out, entry["size"], entry["seconds"], "skipped")
+            raise OutputExists(f"{out} exists but was not made by toolkit from this adapter and base; --force replaces it")
+        return man, None
+
+    if (done := finished()[1]) is not None:
+        return done  # nothing written, no lock taken: a read-only models/ serves reruns too
     ensure_writable_dir(target.parent)  # before the download and conversion
     # One writer at a time: the directory `quantize --lora` also writes, or the one file asked for.
     lock = directory / manifest.LOCK if tracked else target.with_name(f".{target.name}.lock")
     with exclusive(lock, str(directory if tracked else out)):
-        recorded = manifest.load(directory) if tracked else {}
-        same = tracked and manifest.same_origin(recorded, base.identity(), lora.source.identity())
-        man = recorded if same else manifest.new(base.identity(), lora.record())
-
-        if out.exists() and not settings.force:
-            entry = man["files"].get(key) if same else None
-            if entry and entry.get("size") == out.stat().st_size and is_lora_gguf(out):
-                return LoraResult(lora, base, out, entry["size"], entry["seconds"], "skipped")
-            raise OutputExists(f"{out} exists but was not made by toolkit from this adapter and base; --force replaces it")
-
+        man, done = finished()  # again, under the lock: another run may have made it meanwhile
+        if done is not None:
+            return done
         checkpoint = fetch(base, token)
         # Refuse before converting: the converter's own failure for a foreign base is an assert.
         check_base(lora, base_tensors(checkpoint), checkpoint.name, runtime=True)

@@ -203,13 +203,15 @@ def _check_space_before_download(source: Source, directory: Path, name: str, tod
                                  outtype: str, converting: bool) -> None:
     """With the hub's parameter count, the outputs are checked before a download that would
     only be refused afterwards, together with it where the HF cache shares their disk."""
-    inter = "F32" if outtype.lower() == "f32" else "BF16"  # F16 and BF16 take the same room
+    stored = max(source.parameters, key=source.parameters.get)  # the hub's dtype name: BF16, F16, F32
+    inter = outtype.upper() if outtype.lower() != "auto" else "BF16" if stored == "BF16" else "F16"
     quants = [t for t in todo if t not in ("F32", "F16", "BF16")]
-    need = _space_for(source.parameters, quants, inter if converting else None)
+    need = _space_for(sum(source.parameters.values()), quants, inter if converting else None)
     what = f"writing {name} as {' + '.join(([inter] if converting else []) + quants)}"
     if same_disk(repo_cache_dir(source.id), directory):
         require_space(directory, download + need, f"downloading {source.id} and {what}",
-                      "free some space there, choose another --output-dir or set HF_HOME to a disk with room")
+                      "free some space there, choose another --output-dir or set HF_HOME (or HF_HUB_CACHE) to a disk "
+                      "with room")
     else:
         require_space(directory, need, what)
 
@@ -246,16 +248,21 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
     # A merged model is another model: its own directory and names, <base>-<adapter>.
     name = f"{source.name}-{lora.name}" if lora else source.name
     directory = settings.output_dir / name
+    if directory.is_dir() and (finished := _build(source, lora, name, directory, types, calibration_items, settings,
+                                                  token, decide_only=True)):
+        return finished  # nothing to write, and no lock taken: a read-only models/ serves reruns too
     ensure_writable_dir(directory)  # before a download or conversion that could not be kept
     # One writer per model directory: a second would remove this one's temporary files and
-    # rewrite the manifest without its entries.
+    # rewrite the manifest without its entries. Under the lock, everything is decided again.
     with exclusive(directory / manifest.LOCK, str(directory), "wait for it to finish, or choose another --output-dir"):
         return _build(source, lora, name, directory, types, calibration_items, settings, token)
 
 
 def _build(source: Source, lora: Adapter | None, name: str, directory: Path, types: list[str],
-           calibration_items: list[dict] | None, settings: QuantizeSettings, token: str | None) -> QuantizeResult:
-    """Everything after the source is known, under the directory's lock: skip, convert, quantize, record."""
+           calibration_items: list[dict] | None, settings: QuantizeSettings, token: str | None,
+           decide_only: bool = False) -> QuantizeResult | None:
+    """Skip what is finished and refuse to clobber the rest; then, under the directory's lock,
+    convert, quantize and record (`decide_only`: None when anything is left to build)."""
     result = QuantizeResult(source, directory, adapter=lora)
     recorded = manifest.load(directory)
     same_source = manifest.same_origin(recorded, source.identity(), lora.source.identity() if lora else None)
@@ -280,6 +287,8 @@ def _build(source: Source, lora: Adapter | None, name: str, directory: Path, typ
         if with_imatrix:
             result.imatrix = _matrix_of(man, result.files)
         return result
+    if decide_only:
+        return None
 
     if source.parameters and (download := pending_bytes(source)):
         _check_space_before_download(source, directory, name, todo, download, settings.outtype,

@@ -49,7 +49,7 @@ class Source:
     fingerprint: str | None = None
     files: dict[str, int] = field(default_factory=dict)  # hub: file -> size
     blobs: dict[str, str] = field(default_factory=dict)  # hub: file -> content hash, its name in the HF cache
-    parameters: int | None = None  # hub: the weights' parameter count, as the hub read it from the headers
+    parameters: dict[str, int] = field(default_factory=dict)  # hub: dtype -> count, the hub's reading of the headers
     path: Path | None = None  # set once the files are local
 
     def identity(self) -> dict:
@@ -165,7 +165,15 @@ def _locate_hub(repo_id: str, revision: str | None, token: str | None, adapter: 
     blobs = {s.rfilename: s.lfs.sha256 if s.lfs else s.blob_id for s in (info.siblings or [])}
     return Source("hub", repo_id, name, revision=revision or "main", commit=info.sha,
                   files={f: files[f] for f in wanted}, blobs={f: blobs[f] for f in wanted if blobs.get(f)},
-                  parameters=info.safetensors.total if info.safetensors else None)
+                  parameters=_text_parameters(info, files))
+
+
+def _text_parameters(info, files: dict[str, int]) -> dict[str, int]:
+    """The hub's parameter count by dtype, where it is the language model's alone: a repo with an
+    image or audio processor holds towers the converter leaves out, so it gives none."""
+    if not info.safetensors or any(f in files for f in ("preprocessor_config.json", "processor_config.json")):
+        return {}
+    return dict(info.safetensors.parameters)
 
 
 def _is_connection_error(e: Exception) -> bool:
