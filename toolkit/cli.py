@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import math
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 from . import __version__, console
 from .errors import DiskFull, ToolkitError
 from .fit import KV_TYPE_BYTES
+from .fsutil import NO_SPACE_ERRNOS
 from .quantizer import DEFAULT_TYPE, QUANT_TYPES
 from .sampler import SamplingParams
 
@@ -569,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an internal failure: one line unless -v
         if args.verbose:
             traceback.print_exc()
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # the machine's disk, not a bug of ours
+        if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:  # the machine's disk, not a bug of ours
             where = f" writing {e.filename}" if e.filename else ""
             console.err.print(f"[red]error:[/red] no space left on the device{where}; free some space and rerun "
                               "(finished work is kept, nothing half-written is left)", soft_wrap=True)

@@ -15,6 +15,9 @@ from .errors import DiskFull, OutputBusy, OutputNotWritable
 
 # Below this much free space, a write that failed failed because the disk is full.
 _NEARLY_FULL = 16 << 20
+# What the OS says when a write finds no room: the disk is full, or the user's quota is.
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+OUTPUT_HINT = "free some space there or choose another --output-dir"
 
 
 def partial_path(final: Path) -> Path:
@@ -61,8 +64,7 @@ def size_text(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
-def require_space(directory: Path, need: int, what: str,
-                  hint: str = "free some space there or choose another --output-dir") -> None:
+def require_space(directory: Path, need: int, what: str, hint: str = OUTPUT_HINT) -> None:
     """Refuse a step that will write about `need` bytes under `directory` when its disk has less
     free: said before the work, not minutes into it."""
     free = free_bytes(directory)
@@ -70,8 +72,7 @@ def require_space(directory: Path, need: int, what: str,
         raise DiskFull(f"{what} needs about {size_text(need)} under {directory}, which has {size_text(free)} free; {hint}")
 
 
-def disk_full(directory: Path, what: str, hint: str = "free some space there or choose another --output-dir",
-              said: bool = False) -> DiskFull | None:
+def disk_full(directory: Path, what: str, hint: str = OUTPUT_HINT, said: bool = False) -> DiskFull | None:
     """The error for a write under `directory` that failed, if its disk is (nearly) full or the
     writer `said` so; call it before the partial file is removed, while its space is still taken."""
     free = free_bytes(directory)

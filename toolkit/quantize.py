@@ -17,7 +17,7 @@ from .adapter import Adapter, load_adapter, merge_copy_bytes, merged_checkpoint
 from .convert import checkpoint_dtype, convert, read_config, resolve_outtype
 from .engine import Engine, EngineSettings
 from .errors import InvalidGGUF, OutputExists, UserError
-from .fsutil import ensure_writable_dir, exclusive, require_space, same_disk, sha256_file
+from .fsutil import OUTPUT_HINT, ensure_writable_dir, exclusive, require_space, same_disk, sha256_file
 from .quantizer import (DEFAULT_TYPE, IMATRIX_TYPES, QUANT_TYPES, canonical_type, estimated_size, imatrix_required,
                         quantize_file, quantize_file_with_imatrix, verify_loads)
 from .source import Source, fetch, locate, pending_bytes, repo_cache_dir
@@ -190,30 +190,34 @@ def _check_matrix_file(path: Path) -> None:
         raise UserError(f"{path}: not an importance matrix (neither a GGUF imatrix nor llama-imatrix's .dat)")
 
 
-def _space_for(n_params: int, quants: list[str], intermediate: str | None, merge_bytes: int = 0) -> int:
-    """About the most the outputs take at once: the 16-bit file stays until every quant is
-    written; a LoRA merge's copy of the shards it changes goes once the conversion is done."""
-    quant_bytes = sum(estimated_size(n_params, t) for t in quants)
-    if intermediate is None:
-        return quant_bytes
-    return estimated_size(n_params, intermediate) + max(quant_bytes, merge_bytes)
+def _require_room(directory: Path, name: str, n_params: int, quants: list[str], intermediate: str | None,
+                  merge: tuple[str, int] | None = None, download: tuple[str, int] | None = None) -> None:
+    """Refuse, before the work, outputs the disk cannot hold at their peak: the 16-bit file stays
+    until every quant is written; a LoRA merge's copy (adapter, bytes) of the shards it changes
+    goes once the conversion is done; a download (repo, bytes) counts where it shares the disk."""
+    need = sum(estimated_size(n_params, t) for t in quants)
+    what = f"writing {name} as {' + '.join(([intermediate] if intermediate else []) + quants)}"
+    hint = OUTPUT_HINT
+    if intermediate:
+        need = estimated_size(n_params, intermediate) + max(need, merge[1] if merge else 0)
+    if merge:
+        what = f"merging {merge[0]} and {what}"
+    if download:
+        need += download[1]
+        what = f"downloading {download[0]} and {what}"
+        hint = "free some space there, choose another --output-dir or set HF_HOME (or HF_HUB_CACHE) to a disk with room"
+    require_space(directory, need, what, hint)
 
 
-def _check_space_before_download(source: Source, directory: Path, name: str, todo: list[str], download: int,
-                                 outtype: str, converting: bool) -> None:
+def _check_room_before_download(source: Source, directory: Path, name: str, todo: list[str], download: int,
+                                outtype: str, converting: bool) -> None:
     """With the hub's parameter count, the outputs are checked before a download that would
     only be refused afterwards, together with it where the HF cache shares their disk."""
     stored = max(source.parameters, key=source.parameters.get)  # the hub's dtype name: BF16, F16, F32
     inter = outtype.upper() if outtype.lower() != "auto" else "BF16" if stored == "BF16" else "F16"
-    quants = [t for t in todo if t not in ("F32", "F16", "BF16")]
-    need = _space_for(sum(source.parameters.values()), quants, inter if converting else None)
-    what = f"writing {name} as {' + '.join(([inter] if converting else []) + quants)}"
-    if same_disk(repo_cache_dir(source.id), directory):
-        require_space(directory, download + need, f"downloading {source.id} and {what}",
-                      "free some space there, choose another --output-dir or set HF_HOME (or HF_HUB_CACHE) to a disk "
-                      "with room")
-    else:
-        require_space(directory, need, what)
+    _require_room(directory, name, sum(source.parameters.values()), [t for t in todo if t not in ("F32", "F16", "BF16")],
+                  inter if converting else None,
+                  download=(source.id, download) if same_disk(repo_cache_dir(source.id), directory) else None)
 
 
 def _check_inputs(settings: QuantizeSettings, types: list[str]) -> list[dict] | None:
@@ -291,8 +295,8 @@ def _build(source: Source, lora: Adapter | None, name: str, directory: Path, typ
         return None
 
     if source.parameters and (download := pending_bytes(source)):
-        _check_space_before_download(source, directory, name, todo, download, settings.outtype,
-                                     converting=not (same_source and any(e.get("intermediate") for e in man["files"].values())))
+        _check_room_before_download(source, directory, name, todo, download, settings.outtype,
+                                    converting=not (same_source and any(e.get("intermediate") for e in man["files"].values())))
     checkpoint = fetch(source, token)
     config = read_config(checkpoint)
     inter_type = resolve_outtype(settings.outtype, config).upper()
@@ -306,10 +310,8 @@ def _build(source: Source, lora: Adapter | None, name: str, directory: Path, typ
     intermediate = inter_final if (keep or reuse) else directory / f".{name}-{inter_type}.intermediate"
     n_params = count_params(checkpoint, checkpoint_dtype(config))  # a LoRA merge changes no shapes
     quants = [t for t in todo if t != inter_type]
-    merge_bytes = merge_copy_bytes(checkpoint, lora) if lora and not reuse else 0
-    what = f"writing {name} as {' + '.join(quants if reuse else [inter_type, *quants])}"
-    require_space(directory, _space_for(n_params, quants, None if reuse else inter_type, merge_bytes),
-                  f"merging {lora.name} and {what}" if merge_bytes else what)
+    _require_room(directory, name, n_params, quants, None if reuse else inter_type,
+                  merge=(lora.name, merge_copy_bytes(checkpoint, lora)) if lora and not reuse else None)
     try:
         if not reuse:
             with contextlib.ExitStack() as stack:

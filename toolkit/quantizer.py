@@ -28,6 +28,7 @@ _QUANT_SIZE = re.compile(r"quant size\s*=\s*([\d.]+) MiB")
 # otherwise Q4_K_M → Q4_K, MXFP4_MOE → MXFP4). IQ3_XS: IQ3_S by default, but some tensors go down to
 # IQ3_XXS, and the estimate must stay below the file.
 _MAIN_TYPE = {"IQ2_S": "IQ2_XS", "IQ2_M": "IQ2_S", "IQ3_M": "IQ3_S", "IQ3_XS": "IQ3_XXS"}
+_TYPE_SIZES = {name: (block, nbytes) for name, block, nbytes in GGML_TYPES.values()}
 
 
 def canonical_type(name: str) -> str:
@@ -87,9 +88,8 @@ def estimated_size(n_params: int, qtype: str) -> int:
     llama.cpp about: every weight in the type's main ggml type. llama.cpp keeps some tensors
     wider, so the file comes out bigger: by a few percent for 8B models, by a third for
     SmolLM2, whose 576-wide rows do not fit Q4_K's 256-weight blocks."""
-    sizes = {name: (block, nbytes) for name, block, nbytes in GGML_TYPES.values()}
-    main = _MAIN_TYPE.get(qtype) or next((n for n in (qtype, qtype.rsplit("_", 1)[0]) if n in sizes), "IQ1_S")
-    block, nbytes = sizes[main]
+    main = _MAIN_TYPE.get(qtype) or next((n for n in (qtype, qtype.rsplit("_", 1)[0]) if n in _TYPE_SIZES), "IQ1_S")
+    block, nbytes = _TYPE_SIZES[main]
     return n_params * nbytes // block
 
 

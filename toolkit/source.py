@@ -7,7 +7,6 @@ downloading weights, so finished outputs can be recognised before any transfer;
 
 from __future__ import annotations
 
-import errno
 import fnmatch
 import hashlib
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 from . import console
 from .convert import read_config
 from .errors import DiskFull, GatedRepo, HubUnavailable, InvalidAdapter, NotACheckpoint, RepoNotFound, RevisionNotFound
-from .fsutil import require_space, write_text_atomic
+from .fsutil import NO_SPACE_ERRNOS, require_space, write_text_atomic
 
 # What llama.cpp's converter reads; everything else in a repo (other formats, images,
 # `original/` consolidated weights) is left on the hub.
@@ -277,7 +276,7 @@ def _download_snapshot(source: Source, cache_dir: Path, token: str | None) -> Pa
                                  expected_size=meta.size)
                     os.replace(partial, blob)
         except Exception as e:
-            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:
                 raise DiskFull(f"the disk under {cache_dir} ran out of space while downloading {source.id} "
                                f"({name}); {ROOM_HINT}, and rerun to resume") from None
             if _is_connection_error(e):
