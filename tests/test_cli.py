@@ -100,3 +100,11 @@ def test_a_full_disk_anywhere_is_one_line_and_exit_2(monkeypatch, capsys):
                                                "some space and rerun (finished work is kept, nothing half-written is left)")
     monkeypatch.setitem(cli.COMMANDS, "inspect", lambda args: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
     assert cli.main(["inspect", "x.gguf"]) == 1
+
+
+def test_the_votes_line_says_how_often_the_kept_sentence_was_chosen():
+    from toolkit.cli import describe_agreement
+
+    assert describe_agreement({3: 5, 2: 2, 0: 1}, 3) == (
+        "the kept sentence had 3/3 votes on 5 questions, 2/3 on 2, 0/3 on 1 (0: no answer had the form)")
+    assert describe_agreement({2: 1}, 5) == "the kept sentence had 2/5 votes on 1 question"

@@ -9,17 +9,21 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 
 import pytest
 
 from conftest import REPO, files_under, header_only, run_cli
 from toolkit import dataset, demo, embedded
+from toolkit.engine import EngineSettings
 from toolkit.errors import UserError
 from toolkit.fsutil import exclusive, partial_path
 from toolkit.infer import InferSettings, default_output, fit_context, infer, resolve_model
 from toolkit.prompts import PromptSet
 from toolkit.sampler import SamplingParams
+from toolkit.score import Rouge1
+from toolkit.vote import choose
 
 SAMPLES = demo.samples_path()
 FAST = SamplingParams(max_new_tokens=24)
@@ -71,6 +75,7 @@ def test_embedded_model_answers_every_item(embedded_run):
     assert result.items == result.generated == 8 and result.resumed == 0
     assert 0 < result.new_tokens <= 8 * 24 and result.tokens_per_second > 0
     assert result.form_checked == 7 and 0 <= result.missing_form <= 7
+    assert result.votes == 1 and result.agreement == {}  # one answer per question: nothing was voted on
     assert result.load.layers_total == 31 and result.load.backend == "CPU"
 
 
@@ -93,6 +98,43 @@ def test_same_seed_same_answers(embedded_run, tmp_path):
     other = tmp_path / "other.json"
     infer(few, settings(output=other, sampling=replace(FAST, seed=123)))
     assert [o["output"] for o in read(other)] != [o["output"] for o in read(first)[:3]]
+
+
+def test_votes_keep_the_majority_of_the_answers_successive_seeds_give(embedded_run, tmp_path):
+    """--votes 3 --seed 0: per question, the choice among the answers of seeds 0, 1 and 2, one
+    at a time and batched (batch-invariant, so the batched votes are those same answers)."""
+    _, first = embedded_run
+    few = tmp_path / "few.json"
+    few.write_text(json.dumps(read(SAMPLES)[:3], ensure_ascii=False), encoding="utf-8")
+    runs = [read(first)[:3]]
+    for seed in (1, 2):
+        infer(few, settings(output=tmp_path / f"seed{seed}.json", sampling=replace(FAST, seed=seed)))
+        runs.append(read(tmp_path / f"seed{seed}.json"))
+    similarity = Rouge1().f1
+    choices = [choose([run[n]["output"]["answer"] for run in runs], similarity) for n in range(3)]
+    assert any(c.index for c in choices)  # with these seeds a later vote wins somewhere: vote 0 is not just copied
+    voting = replace(FAST, num_return_sequences=3)
+    for kw in ({}, {"parallel": 4, "engine": EngineSettings(batch_invariant=True)}):
+        out = tmp_path / f"voted{len(kw)}.json"
+        result = infer(few, settings(output=out, sampling=voting, **kw))
+        check_contract(out, few)
+        assert [o["output"]["answer"] for o in read(out)] == [c.answer for c in choices]
+        assert result.votes == 3 and result.agreement == dict(Counter(c.agreeing for c in choices))
+    # The votes are part of how the answers were made: a rerun with another count does not resume them.
+    with pytest.raises(UserError, match=r"num_return_sequences 3 \(now 1\)"):
+        infer(few, settings(output=out, parallel=4, engine=EngineSettings(batch_invariant=True)))
+    with pytest.raises(UserError, match="votes need sampling"):
+        infer(few, settings(output=tmp_path / "g.json", sampling=replace(voting, do_sample=False)))
+
+
+def test_a_record_from_before_votes_resumes(embedded_run, tmp_path):
+    _, first = embedded_run
+    out = tmp_path / "old.json"
+    shutil.copy(first, out)
+    record = json.loads(dataset.settings_path(first).read_text(encoding="utf-8"))
+    del record["num_return_sequences"]
+    dataset.settings_path(out).write_text(json.dumps(record), encoding="utf-8")
+    assert infer(SAMPLES, settings(output=out)).resumed == 8
 
 
 def test_rerun_resumes_and_no_resume_starts_over(embedded_run, tmp_path, capsys):
@@ -249,6 +291,20 @@ def test_cli_summary_and_json(tmp_path, short_prompts):
     assert sum(kinds.get("model", 0) for kinds in memory.values()) > 50
     assert "memory   " in r.stderr and "6 KV" in r.stderr
     check_contract(out)
+
+
+def test_cli_votes(tmp_path, short_prompts):
+    few = tmp_path / "few.json"
+    few.write_text(json.dumps(read(SAMPLES)[:2], ensure_ascii=False), encoding="utf-8")
+    args = ("infer", str(few), "--model", str(embedded.smollm2_gguf()), "--max-new-tokens", "8", "--prompts",
+            short_prompts, "--votes", "2")
+    r = run_cli(*args, "--output", str(tmp_path / "v.json"))
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"the kept sentence had [0-2]/2 votes on [12] question", r.stdout), r.stdout
+    check_contract(tmp_path / "v.json", few)
+    r = run_cli(*args, "--greedy", "--output", str(tmp_path / "g.json"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "votes need sampling" in r.stderr
+    assert not (tmp_path / "g.json").exists()
 
 
 def test_model_resolution(tmp_path, capsys):

@@ -166,6 +166,9 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--greedy", action="store_true", help="do_sample=False: argmax after the repetition penalty")
     g.add_argument("--num-beams", type=int, default=d.num_beams, help="only 1: beam search is not supported")
     g.add_argument("--seed", type=int, default=d.seed, help="same seed, same answers (per item)")
+    g.add_argument("--votes", type=positive, default=d.num_return_sequences, metavar="N",
+                   help="sample N answers per question (those of --seed, seed+1, …) and keep the sentence most of "
+                        "them declare correct, with the most typical reason (default 1)")
     g = p.add_argument_group("loading")
     _add_placement(g)
     g.add_argument("--n-ctx", type=positive, help="KV cells for all --parallel sequences together (default: fitted "
@@ -240,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--bertscore-model", type=Path, help="local bert-base-multilingual-cased (else the HF cache's, if any)")
     p.add_argument("--bleurt-model", type=Path, help="local BLEURT checkpoint loadable by transformers (the official evaluator uses BLEURT-20)")
+
+    p = sub.add_parser("vote", help="one answers file from several (models, prompts, seeds): the majority's answer",
+                       description="Per question, keep the \"…\"가 옳다 sentence most of the files declare correct, "
+                                   "with the reason most like the others' (ROUGE-1); ties go to the earlier file.")
+    p.add_argument("answers", type=Path, nargs="+", help="JSON files written by `toolkit infer` for one question file")
+    p.add_argument("--output", type=Path, required=True, help="where to write the chosen answers")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
     sub.add_parser("demo", help="quantize the embedded SmolLM2-135M-Instruct, answer and score the sample questions")
     for command in sub.choices.values():  # `toolkit infer … -v` as well as `toolkit -v infer …`
@@ -431,7 +441,8 @@ def infer_settings(args: argparse.Namespace):
     prompts = replace(prompts, **{k: text_or_file(v) for k, v in overrides.items() if v is not None})
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                               repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
-                              do_sample=not args.greedy, num_beams=args.num_beams, seed=args.seed)
+                              do_sample=not args.greedy, num_beams=args.num_beams,
+                              num_return_sequences=args.votes, seed=args.seed)
     engine = EngineSettings(n_gpu_layers=args.n_gpu_layers, vram_limit=args.vram_limit, cache_type=args.cache_type,
                             n_ctx=args.n_ctx, threads=args.threads,
                             flash_attn={"auto": None, "on": True, "off": False}[args.flash_attn],
@@ -450,6 +461,7 @@ def print_infer_result(r, as_json: bool = False) -> None:
         "generation_tokens_per_second": round(r.new_tokens / r.gen_seconds, 2) if r.gen_seconds else 0.0,
         "cut_at_max_new_tokens": r.cut_at_max_tokens, "missing_answer_form": r.missing_form,
         "answer_form_checked": r.form_checked, "parallel": r.parallel, "n_ctx": r.n_ctx,
+        "votes": r.votes, "agreement": {str(k): v for k, v in sorted(r.agreement.items(), reverse=True)},
         "layers_on_gpu": f"{r.load.layers_offloaded}/{r.load.layers_total}", "backend": r.load.backend,
         "llama_cpp_offload_log": r.load.offload_log,
         "memory_mib": r.memory,
@@ -464,6 +476,16 @@ def print_infer_result(r, as_json: bool = False) -> None:
                       f"{r.cut_at_max_tokens} cut at max-new-tokens")
     if r.form_checked:
         console.out.print(f'{r.missing_form} of {r.form_checked} 선택형/교정형 answers lack the "…"가 옳다 form')
+    if r.votes > 1 and r.agreement:
+        console.out.print(describe_agreement(r.agreement, r.votes))
+
+
+def describe_agreement(agreement: dict[int, int], votes: int) -> str:
+    """`the kept sentence had 3/3 votes on 5 questions, 2/3 on 2, 0/3 on 1 (0: no answer had the form)`."""
+    (top, n), *rest = sorted(agreement.items(), reverse=True)
+    text = f"the kept sentence had {top}/{votes} votes on {n} question{'s' if n != 1 else ''}"
+    text += "".join(f", {k}/{votes} on {m}" for k, m in rest)
+    return text + (" (0: no answer had the form)" if 0 in agreement else "")
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -502,6 +524,22 @@ def cmd_score(args: argparse.Namespace) -> int:
         print(json.dumps(report.as_dict(), ensure_ascii=False))
     else:
         print_score(report)
+    return 0
+
+
+def cmd_vote(args: argparse.Namespace) -> int:
+    from .vote import vote_files
+
+    r = vote_files(args.answers, args.output)
+    if args.json:
+        print(json.dumps({"output": str(r.output), "items": r.items,
+                          "kept": {str(p): n for p, n in zip(r.sources, r.kept)},
+                          "agreement": {str(k): v for k, v in sorted(r.agreement.items(), reverse=True)}},
+                         ensure_ascii=False))
+        return 0
+    kept = ", ".join(f"{n} from {p.name}" for p, n in zip(r.sources, r.kept))
+    console.out.print(f"wrote {r.output}: {r.items} items; answers kept: {kept}")
+    console.out.print(describe_agreement(r.agreement, len(r.sources)))
     return 0
 
 
@@ -551,7 +589,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {"setup": cmd_setup, "doctor": cmd_doctor, "quantize": cmd_quantize, "compare": cmd_compare,
             "lora": cmd_lora, "inspect": cmd_inspect, "infer": cmd_infer, "bench": cmd_bench, "score": cmd_score,
-            "demo": cmd_demo}
+            "vote": cmd_vote, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

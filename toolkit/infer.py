@@ -21,6 +21,8 @@ from .fsutil import exclusive, sha256_file
 from .parallel import ParallelDecoder, Request, kv_cells, shared_prefixes
 from .prompts import CORRECTION, SELECTION, PromptSet, build_messages, warn_unknown_types
 from .sampler import Sampler, SamplingParams, item_seed
+from .score import Rouge1
+from .vote import Choice, choose
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class InferResult:
     cut_at_max_tokens: int = 0
     form_checked: int = 0  # 선택형/교정형 answers
     missing_form: int = 0  # … of which lack "…"가 옳다
+    votes: int = 1  # answers sampled per question
+    agreement: dict[int, int] = field(default_factory=dict)  # votes for the kept sentence → questions
 
     parallel: int = 1
     lora: Path | None = None
@@ -127,7 +131,7 @@ class _Plan:
 
 
 def _plan(items: list[dict], token_ids: dict[str, list[int]], parallel: int, max_new_tokens: int,
-          unified: bool, n_ctx_train: int) -> _Plan:
+          unified: bool, n_ctx_train: int, votes: int = 1) -> _Plan:
     """Shared heads per question type, and the KV cells the batched run needs (no sequence
     grows past the trained context: the decoder stops it there)."""
     by_type: dict[str, list[int]] = {}
@@ -142,8 +146,9 @@ def _plan(items: list[dict], token_ids: dict[str, list[int]], parallel: int, max
                 prefix_of[n] = len(prefixes)
             prefixes.append(head)
     max_new_tokens = max(1, min(max_new_tokens, n_ctx_train - min(len(p) for p in prompts)))
-    cells = kv_cells(prefixes, prompts, prefix_of, parallel, max_new_tokens, unified)
-    n_seq = min(parallel, len(items)) + len(prefixes)
+    # Each vote is a sequence of its own: votes × items requests share the slots.
+    cells = kv_cells(prefixes, prompts * votes, prefix_of * votes, parallel, max_new_tokens, unified)
+    n_seq = min(parallel, len(items) * votes) + len(prefixes)
     step = KV_PAD if unified else KV_PAD * n_seq  # a split cache divides n_ctx evenly among sequences
     return _Plan(prefixes, prefix_of, round_up(cells, step))
 
@@ -184,6 +189,8 @@ def settings_record(settings: InferSettings, params: SamplingParams, model: Path
 
 def _check_resume(output: Path, answered: int, record: dict) -> None:
     held = dataset.read_settings(output)
+    if held is not None:  # records written before --votes existed: one answer per question
+        held = {"num_return_sequences": 1, **held}
     if held is None:
         console.notice(f"{output}: no record of the settings its {answered} answer(s) were made with; "
                        "resuming them as they are (--no-resume starts over)")
@@ -260,12 +267,13 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
         # Only the prompts still to answer size the context: a resume never needs room for the rest.
         lengths = {key: len(token_ids[key]) for key in map(dataset.item_key, todo)}
         longest = max(lengths.values(), default=0)
-        parallel = max(1, min(settings.parallel or default_parallel(engine), len(todo) or 1))
+        votes = params.num_return_sequences
+        parallel = max(1, min(settings.parallel or default_parallel(engine), len(todo) * votes or 1))
         unified = not settings.engine.batch_invariant
         # One at a time takes the plain path, except batch-invariant runs: they share the
         # batched path's prompt split so that N=1 and N>1 give the same tokens.
         batched = parallel > 1 or settings.engine.batch_invariant
-        plan = (_plan(todo, token_ids, parallel, params.max_new_tokens, unified, engine.info.n_ctx_train)
+        plan = (_plan(todo, token_ids, parallel, params.max_new_tokens, unified, engine.info.n_ctx_train, votes)
                 if batched and todo else None)
         n_ctx = settings.engine.n_ctx or (
             plan.n_ctx if plan else fit_context(longest, params.max_new_tokens, engine.info.n_ctx_train))
@@ -288,7 +296,8 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
         if placed:
             console.err.print(placed.describe())
         result = InferResult(output, model_path, engine.info, n_ctx, len(items), resumed=len(previous),
-                             parallel=parallel, lora=settings.engine.lora, lora_scale=settings.engine.lora_scale)
+                             parallel=parallel, lora=settings.engine.lora, lora_scale=settings.engine.lora_scale,
+                             votes=votes)
         _print_header(result)
 
         if settings.dry_run:
@@ -305,35 +314,53 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
         with _progress() as progress:
             task = progress.add_task("infer", total=len(todo), tps=0.0)
 
-            def done(key: str, gen: Generation) -> None:
-                outputs[key] = {"answer": clean_answer(gen.text, specials)}
+            similarity = Rouge1().f1 if votes > 1 else None  # the reason most like the others' (toolkit.vote)
+
+            def sampler(key: str, vote: int) -> Sampler:  # vote v samples as a run with --seed seed + v
+                return Sampler(params, token_ids[key], engine.n_vocab, item_seed(params.seed + vote, key))
+
+            def done(key: str, gens: list[Generation]) -> None:
+                answers = [clean_answer(gen.text, specials) for gen in gens]
+                choice = choose(answers, similarity) if similarity else Choice(answers[0], 0, 1, 1)
+                outputs[key] = {"answer": choice.answer}
                 dataset.write_output(output, items, outputs)  # a kill loses only the items in flight
                 if not result.generated:  # after the first answer: a kill between the two is refused, not mixed
                     dataset.write_settings(output, record)
                 result.generated += 1
-                result.new_tokens += len(gen.tokens)
-                result.cut_at_max_tokens += gen.stopped != "eog"
+                result.new_tokens += sum(len(gen.tokens) for gen in gens)
+                result.cut_at_max_tokens += gens[choice.index].stopped != "eog"
+                if votes > 1:
+                    result.agreement[choice.agreeing] = result.agreement.get(choice.agreeing, 0) + 1
                 result.seconds = time.perf_counter() - started
                 progress.update(task, advance=1, tps=result.tokens_per_second)
 
             if plan is None:
                 for item in todo:
                     key = dataset.item_key(item)
-                    sampler = Sampler(params, token_ids[key], engine.n_vocab, item_seed(params.seed, key))
-                    gen = engine.generate(token_ids[key], sampler, params.max_new_tokens)
-                    result.prompt_tokens += gen.prompt_tokens
-                    result.prompt_seconds += gen.prompt_seconds
-                    result.gen_seconds += gen.gen_seconds
-                    done(key, gen)
+                    gens = [engine.generate(token_ids[key], sampler(key, v), params.max_new_tokens) for v in range(votes)]
+                    for gen in gens:
+                        result.prompt_tokens += gen.prompt_tokens
+                        result.prompt_seconds += gen.prompt_seconds
+                        result.gen_seconds += gen.gen_seconds
+                    done(key, gens)
             else:
                 keys = [dataset.item_key(i) for i in todo]
-                # A generator: each sampler (a vocab-sized array) is made when its slot starts.
-                requests = (Request(key, token_ids[key],
-                                    Sampler(params, token_ids[key], engine.n_vocab, item_seed(params.seed, key)),
-                                    params.max_new_tokens, plan.prefix_of[n]) for n, key in enumerate(keys))
+                # A generator: each sampler (a vocab-sized array) is made when its slot starts. A
+                # question's votes follow one another, so its answer is written soon after its last.
+                requests = (Request(key, token_ids[key], sampler(key, v), params.max_new_tokens, plan.prefix_of[n], v)
+                            for n, key in enumerate(keys) for v in range(votes))
+                voted: dict[str, list[Generation | None]] = {}
+
+                def collect(req: Request, gen: Generation) -> None:
+                    gens = voted.setdefault(req.key, [None] * votes)
+                    gens[req.sample] = gen
+                    if all(g is not None for g in gens):
+                        del voted[req.key]
+                        done(req.key, gens)
+
                 decoder = ParallelDecoder(engine, parallel, plan.prefixes, invariant=not unified)
                 try:
-                    stats = decoder.run(requests, lambda req, gen: done(req.key, gen))
+                    stats = decoder.run(requests, collect)
                 finally:
                     decoder.close()
                 result.prompt_tokens += stats.prompt_tokens
@@ -363,4 +390,5 @@ def _print_header(r: InferResult) -> None:
     if r.lora is not None:
         console.err.print(f"lora     {r.lora} (scale {r.lora_scale:g})")
     console.err.print(f"context  {r.n_ctx} tokens (trained {info.n_ctx_train}), {r.parallel} sequence(s) at a time")
-    console.err.print(f"items    {r.items} ({r.resumed} already answered in {r.output})")
+    votes = f", {r.votes} votes each" if r.votes > 1 else ""
+    console.err.print(f"items    {r.items} ({r.resumed} already answered in {r.output}){votes}")

@@ -34,6 +34,7 @@ class Request:
     sampler: Sampler
     max_new_tokens: int
     prefix: int = -1  # index into the shared prefixes, -1 for none
+    sample: int = 0  # which of the answers sampled for this key (infer --votes)
 
 
 @dataclass

@@ -29,11 +29,18 @@ class SamplingParams:
     max_new_tokens: int = 1024
     do_sample: bool = True
     num_beams: int = 1
+    # Answers sampled per question, the majority's kept (`infer --votes`; toolkit.vote). Vote i
+    # is the answer of seed + i: the first is the one a run without votes gives.
+    num_return_sequences: int = 1
     seed: int = 0
 
     def validate(self) -> "SamplingParams":
         if self.num_beams != 1:
             raise UserError(f"num_beams={self.num_beams}: beam search is not supported; use sampling or --greedy")
+        if self.num_return_sequences < 1:
+            raise UserError(f"num_return_sequences must be >= 1 (got {self.num_return_sequences})")
+        if self.num_return_sequences > 1 and not self.do_sample:  # as HF refuses it: N identical answers
+            raise UserError("greedy decoding gives the same answer every time: votes need sampling (drop --greedy)")
         if self.do_sample and not self.temperature > 0:
             raise UserError(f"temperature must be > 0 when sampling (got {self.temperature}); use --greedy for argmax")
         if not 0 <= self.top_p <= 1:  # HF's range: 0 keeps the most likely token only

@@ -73,12 +73,18 @@ def gold_sentences(sentence: str) -> set[str]:
     return {_unquote(part) for part in _ALTERNATIVES.split(sentence)}
 
 
+def answer_sentence(answer: str) -> str | None:
+    """The sentence an answer declares correct, as exact match compares it (None: no form)."""
+    sentence = split_answer(answer).sentence
+    return None if sentence is None else _unquote(sentence)
+
+
 def exact_match(prediction: str, gold: str) -> float:
-    pred, ref = split_answer(prediction), split_answer(gold)
-    if pred.sentence is None:
+    sentence, ref = answer_sentence(prediction), split_answer(gold)
+    if sentence is None:
         return 0.0
     targets = gold_sentences(ref.sentence) if ref.sentence is not None else {_unquote(ref.reason)}
-    return float(_unquote(pred.sentence) in targets)
+    return float(sentence in targets)
 
 
 class Rouge1:
