@@ -23,7 +23,7 @@ from toolkit.infer import InferSettings, default_output, fit_context, infer, res
 from toolkit.prompts import PromptSet
 from toolkit.sampler import SamplingParams
 from toolkit.score import Rouge1
-from toolkit.vote import choose
+from toolkit.vote import choose, vote_files
 
 SAMPLES = demo.samples_path()
 FAST = SamplingParams(max_new_tokens=24)
@@ -100,19 +100,18 @@ def test_same_seed_same_answers(embedded_run, tmp_path):
     assert [o["output"] for o in read(other)] != [o["output"] for o in read(first)[:3]]
 
 
-def test_votes_keep_the_majority_of_the_answers_successive_seeds_give(embedded_run, tmp_path):
+def test_votes_keep_the_majority_of_the_answers_successive_seeds_give(tmp_path):
     """--votes 3 --seed 0: per question, the choice among the answers of seeds 0, 1 and 2, one
     at a time and batched (batch-invariant, so the batched votes are those same answers)."""
-    _, first = embedded_run
     few = tmp_path / "few.json"
     few.write_text(json.dumps(read(SAMPLES)[:3], ensure_ascii=False), encoding="utf-8")
-    runs = [read(first)[:3]]
-    for seed in (1, 2):
-        infer(few, settings(output=tmp_path / f"seed{seed}.json", sampling=replace(FAST, seed=seed)))
+    runs, new_tokens = [], 0
+    for seed in (0, 1, 2):
+        new_tokens += infer(few, settings(output=tmp_path / f"seed{seed}.json",
+                                          sampling=replace(FAST, seed=seed))).new_tokens
         runs.append(read(tmp_path / f"seed{seed}.json"))
     similarity = Rouge1().f1
     choices = [choose([run[n]["output"]["answer"] for run in runs], similarity) for n in range(3)]
-    assert any(c.index for c in choices)  # with these seeds a later vote wins somewhere: vote 0 is not just copied
     voting = replace(FAST, num_return_sequences=3)
     for kw in ({}, {"parallel": 4, "engine": EngineSettings(batch_invariant=True)}):
         out = tmp_path / f"voted{len(kw)}.json"
@@ -120,6 +119,7 @@ def test_votes_keep_the_majority_of_the_answers_successive_seeds_give(embedded_r
         check_contract(out, few)
         assert [o["output"]["answer"] for o in read(out)] == [c.answer for c in choices]
         assert result.votes == 3 and result.agreement == dict(Counter(c.agreeing for c in choices))
+        assert result.new_tokens == new_tokens and result.generated == 3  # every vote generated, once
     # The votes are part of how the answers were made: a rerun with another count does not resume them.
     with pytest.raises(UserError, match=r"num_return_sequences 3 \(now 1\)"):
         infer(few, settings(output=out, parallel=4, engine=EngineSettings(batch_invariant=True)))
@@ -127,7 +127,7 @@ def test_votes_keep_the_majority_of_the_answers_successive_seeds_give(embedded_r
         infer(few, settings(output=tmp_path / "g.json", sampling=replace(voting, do_sample=False)))
 
 
-def test_a_record_from_before_votes_resumes(embedded_run, tmp_path):
+def test_resume_records_from_before_votes_and_from_toolkit_vote(embedded_run, tmp_path):
     _, first = embedded_run
     out = tmp_path / "old.json"
     shutil.copy(first, out)
@@ -135,6 +135,14 @@ def test_a_record_from_before_votes_resumes(embedded_run, tmp_path):
     del record["num_return_sequences"]
     dataset.settings_path(out).write_text(json.dumps(record), encoding="utf-8")
     assert infer(SAMPLES, settings(output=out)).resumed == 8
+    # Answers `toolkit vote` chose are nobody's run: not resumed as this one's.
+    other = tmp_path / "other.json"
+    shutil.copy(first, other)
+    vote_files([out, other], tmp_path / "final.json")
+    before = (tmp_path / "final.json").read_bytes()
+    with pytest.raises(UserError, match="holds answers toolkit vote chose among old.json, other.json; .*--no-resume"):
+        infer(SAMPLES, settings(output=tmp_path / "final.json"))
+    assert (tmp_path / "final.json").read_bytes() == before
 
 
 def test_rerun_resumes_and_no_resume_starts_over(embedded_run, tmp_path, capsys):
@@ -486,3 +494,16 @@ def test_a_file_that_is_not_ours_is_never_replaced(tmp_path):
     r = run_cli("infer", str(SAMPLES), "--model", str(embedded.smollm2_gguf()), "--output", str(notes), "--no-resume")
     assert r.returncode == 2 and "not an answers file" in r.stderr
     assert notes.read_text(encoding="utf-8") == "my notes"
+
+
+def test_the_batched_context_counts_every_vote_as_a_sequence():
+    from toolkit.fit import KV_PAD, round_up
+    from toolkit.infer import _plan
+
+    items = [{"id": str(n), "input": {"question_type": "선택형", "question": "q"}} for n in (1, 2)]
+    head = list(range(30))
+    token_ids = {"1": head + list(range(100, 110)), "2": head + list(range(200, 210))}
+    # 2 questions × 5 votes fill 10 slots: each holds its 10 own prompt tokens and 100 new ones.
+    for votes, streams in ((1, 2), (5, 10)):
+        plan = _plan(items, token_ids, 10, 100, True, 10_000, votes)
+        assert plan.prefixes == [head] and plan.n_ctx == round_up(30 + streams * (10 + 100), KV_PAD)

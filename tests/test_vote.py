@@ -8,7 +8,7 @@ import pytest
 from conftest import run_cli
 from toolkit import dataset
 from toolkit.score import Rouge1, exact_match
-from toolkit.vote import choose, medoid, vote_files
+from toolkit.vote import VOTE_RECORD, choose, medoid, vote_files
 
 ROUGE = Rouge1()
 
@@ -103,12 +103,13 @@ def test_vote_keeps_the_majority_answer_of_each_question(tmp_path):
     assert summary["items"] == 2 and summary["agreement"] == {"2": 2} and list(summary["kept"].values()) == [1, 1, 0]
 
 
-def test_vote_drops_an_infer_record_that_no_longer_describes_the_output(tmp_path):
+def test_vote_replaces_an_infer_record_that_no_longer_describes_the_output(tmp_path):
+    """(infer then refuses to resume the chosen answers as its own: tests/test_infer.py)"""
     out = tmp_path / "final.json"
     answers_file(out, "이전 답", "이전 답")
-    dataset.settings_path(out).write_text("{}", encoding="utf-8")
+    dataset.settings_path(out).write_text('{"model": "x.gguf"}', encoding="utf-8")
     vote_files(files(tmp_path), out)
-    assert not dataset.settings_path(out).exists()
+    assert dataset.read_settings(out) == {VOTE_RECORD: ["a.json", "b.json", "c.json"]}
 
 
 @pytest.mark.parametrize("case, match", [

@@ -22,7 +22,7 @@ from .parallel import ParallelDecoder, Request, kv_cells, shared_prefixes
 from .prompts import CORRECTION, SELECTION, PromptSet, build_messages, warn_unknown_types
 from .sampler import Sampler, SamplingParams, item_seed
 from .score import Rouge1
-from .vote import Choice, choose
+from .vote import VOTE_RECORD, Choice, choose
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,9 @@ def settings_record(settings: InferSettings, params: SamplingParams, model: Path
 
 def _check_resume(output: Path, answered: int, record: dict) -> None:
     held = dataset.read_settings(output)
+    if held is not None and VOTE_RECORD in held:
+        raise UserError(f"{output} holds answers toolkit vote chose among {', '.join(held[VOTE_RECORD])}; "
+                        "choose another --output, or --no-resume to start over")
     if held is not None:  # records written before --votes existed: one answer per question
         held = {"num_return_sequences": 1, **held}
     if held is None:

@@ -23,6 +23,7 @@ from .fsutil import exclusive
 from .score import Rouge1, answer_sentence, split_answer
 
 Similarity = Callable[[str, str], float]
+VOTE_RECORD = "chosen_by_vote_among"  # the settings record of an output `toolkit vote` wrote
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,9 @@ def vote_files(paths: Sequence[Path], output: Path) -> VoteResult:
         raise UserError("give two answers files or more to vote among")
     seen: dict[Path, Path] = {}
     for path in paths:
-        if (other := seen.setdefault(Path(path).resolve(), path)) is not path:
-            raise UserError(f"{path} is given twice (as {other}): each file is one vote")
+        if (real := Path(path).resolve()) in seen:
+            raise UserError(f"{path} is given twice (as {seen[real]}): each file is one vote")
+        seen[real] = path
     files = [dataset.load_items(p) for p in paths]
     first = files[0]
     keys = [dataset.item_key(i) for i in first]
@@ -114,7 +116,8 @@ def vote_files(paths: Sequence[Path], output: Path) -> VoteResult:
             outputs[key] = {"answer": choice.answer}
             result.kept[choice.index] += 1
             result.agreement[choice.agreeing] = result.agreement.get(choice.agreeing, 0) + 1
-        # An infer run's record of how its answers were made would no longer describe them.
-        dataset.settings_path(output).unlink(missing_ok=True)
+        # Recorded before the answers, in place of an infer run's record that would no longer
+        # describe them: `infer --output` this file then refuses to resume them as its own.
+        dataset.write_settings(output, {VOTE_RECORD: [Path(p).name for p in paths]})
         dataset.write_output(output, first, outputs)
         return result
