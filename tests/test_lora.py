@@ -303,3 +303,10 @@ def test_lora_stops_while_quantize_lora_writes_its_directory(smollm2_hf, smollm2
     assert r.returncode == 2 and r.stderr.startswith(
         f"error: {directory} is being written by another toolkit process (pid {os.getpid()})"), r.stderr
     assert list(directory.iterdir()) == []
+    # That run killed: what it left goes when lora next writes the directory.
+    (directory / f".{directory.name}.merging" / directory.name).mkdir(parents=True)
+    (directory / f".{directory.name}-Q8_0.gguf.partial").write_bytes(b"half a quant")
+    r = run_cli("lora", str(smollm2_lora), "--base", str(smollm2_hf), "--output-dir", str(tmp_path / "models"))
+    assert r.returncode == 0, r.stderr
+    assert "note: removed what a killed run left" in r.stderr
+    assert sorted(p.name for p in directory.iterdir()) == [f"{directory.name}-LoRA-F16.gguf", "manifest.json"]

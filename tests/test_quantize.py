@@ -211,7 +211,7 @@ def test_a_second_quantize_into_the_same_directory_stops_before_touching_it(tiny
     out = tmp_path / "models"
     directory = out / "tiny-llama"
     directory.mkdir(parents=True)
-    partial = directory / ".tiny-llama-BF16.intermediate.partial"
+    partial = directory / "..tiny-llama-BF16.intermediate.partial"  # the real name of one under way
     partial.write_bytes(b"the first run's conversion, under way")
     with exclusive(directory / manifest.LOCK, "first"):
         r = run_cli("quantize", str(tiny_hf), "--q8_0", "--no-check", "--output-dir", str(out))
@@ -219,9 +219,19 @@ def test_a_second_quantize_into_the_same_directory_stops_before_touching_it(tiny
         assert r.stderr.startswith(f"error: {directory} is being written by another toolkit process "
                                    f"(pid {os.getpid()}); wait for it to finish, or choose another --output-dir")
         assert files_under(directory) == sorted([manifest.LOCK, partial.name])
-    partial.unlink()
-    assert run_cli("quantize", str(tiny_hf), "--q8_0", "--no-check", "--output-dir", str(out)).returncode == 0
-    assert files_under(directory) == ["manifest.json", "tiny-llama-Q8_0.gguf"]
+    # With the directory free, what the first run left (killed, say) is removed, whatever type it
+    # was building, and nothing else: a file of the user's stays.
+    (directory / ".tiny-llama-Q4_K_M.gguf.partial").write_bytes(b"x" * 2_000_000)
+    (directory / ".tiny-llama.merging" / "tiny-llama").mkdir(parents=True)
+    (directory / ".tiny-llama.merging" / "tiny-llama" / "model.safetensors").write_bytes(b"y" * 3_000_000)
+    (directory / ".tiny-llama.imatrix.gguf.partial.txt").write_text("calibration text", encoding="utf-8")
+    (directory / ".notes.txt.partial").write_text("the user's own", encoding="utf-8")
+    r = run_cli("quantize", str(tiny_hf), "--q8_0", "--no-check", "--output-dir", str(out))
+    assert r.returncode == 0, r.stderr
+    assert (f"note: removed what a killed run left in {directory}: ..tiny-llama-BF16.intermediate.partial, "
+            ".tiny-llama-Q4_K_M.gguf.partial, .tiny-llama.imatrix.gguf.partial.txt, .tiny-llama.merging (5 MB)"
+            ) in " ".join(r.stderr.split())
+    assert files_under(directory) == [".notes.txt.partial", "manifest.json", "tiny-llama-Q8_0.gguf"]
 
 
 def test_second_architecture_gemma3(gemma3_hf, tmp_path):

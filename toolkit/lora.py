@@ -87,6 +87,8 @@ def export_lora(adapter_spec: str, base_spec: str, settings: LoraSettings = Lora
         man, done = finished()  # again, under the lock: another run may have made it meanwhile
         if done is not None:
             return done
+        if tracked:
+            manifest.drop_leftovers(directory, name)
         checkpoint = fetch(base, token)
         # Refuse before converting: the converter's own failure for a foreign base is an assert.
         check_base(lora, base_tensors(checkpoint), checkpoint.name, runtime=True)

@@ -1,13 +1,15 @@
-"""models/<name>/manifest.json: where each GGUF came from and what it is."""
+"""models/<name>/: manifest.json (where each GGUF came from and what it is), its lock, and what killed runs left."""
 
 from __future__ import annotations
 
+import glob
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
-from . import __version__, vendor, versions
-from .fsutil import write_json_atomic
+from . import __version__, console, vendor, versions
+from .fsutil import size_text, write_json_atomic
 
 FILENAME = "manifest.json"
 LOCK = ".toolkit.lock"  # held in a model's directory while toolkit writes there (fsutil.exclusive)
@@ -68,3 +70,33 @@ def recorded_sha256(path: Path) -> str | None:
                 return None
             return entry.get("sha256") if same_size else None
     return None
+
+
+def leftovers(directory: Path, name: str) -> list[Path]:
+    """What killed quantize (or lora) runs leave in a model's directory, none of it finished:
+    temporary GGUFs, the hidden 16-bit intermediate, an importance matrix being computed, a LoRA
+    merge's shard copies, the manifest being rewritten."""
+    n = glob.escape(name)
+    patterns = (f".{n}-*.gguf.partial", f".{n}-*.intermediate", f"..{n}-*.intermediate.partial",
+                f".{n}.imatrix.gguf.partial", f".{n}.imatrix.gguf.partial.*", f".{n}.merging",
+                f".{FILENAME}.partial")
+    return sorted({p for pattern in patterns for p in directory.glob(pattern)})
+
+
+def drop_leftovers(directory: Path, name: str) -> None:
+    """Remove every leftover, not only those of the types this run builds: a run killed while
+    building Q8_0 can leave gigabytes that a later --q4_k_m run would otherwise never free. Only
+    under the directory's lock, when no other toolkit run can be writing them."""
+    found = leftovers(directory, name)
+    if not found:
+        return
+    sizes = []
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            sizes.append(sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink()))
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            sizes.append(path.lstat().st_size)
+            path.unlink(missing_ok=True)
+    console.notice(f"removed what a killed run left in {directory}: {', '.join(p.name for p in found)} "
+                   f"({size_text(sum(sizes))})")

@@ -294,6 +294,7 @@ def _build(source: Source, lora: Adapter | None, name: str, directory: Path, typ
     if decide_only:
         return None
 
+    manifest.drop_leftovers(directory, name)  # before the room is counted: they may be gigabytes
     if source.parameters and (download := pending_bytes(source)):
         _check_room_before_download(source, directory, name, todo, download, settings.outtype,
                                     converting=not (same_source and any(e.get("intermediate") for e in man["files"].values())))
