@@ -19,7 +19,7 @@ from toolkit import dataset, demo, embedded
 from toolkit.engine import EngineSettings
 from toolkit.errors import UserError
 from toolkit.fsutil import exclusive, partial_path
-from toolkit.infer import InferSettings, default_output, fit_context, infer, resolve_model
+from toolkit.infer import InferSettings, default_output, fit_context, infer, resolve_model, settings_record
 from toolkit.prompts import PromptSet
 from toolkit.sampler import SamplingParams
 from toolkit.score import Rouge1
@@ -121,7 +121,7 @@ def test_votes_keep_the_majority_of_the_answers_successive_seeds_give(tmp_path):
         assert result.votes == 3 and result.agreement == dict(Counter(c.agreeing for c in choices))
         assert result.new_tokens == new_tokens and result.generated == 3  # every vote generated, once
     # The votes are part of how the answers were made: a rerun with another count does not resume them.
-    with pytest.raises(UserError, match=r"num_return_sequences 3 \(now 1\)"):
+    with pytest.raises(UserError, match=r"other settings: votes 3 \(now 1\)"):
         infer(few, settings(output=out, parallel=4, engine=EngineSettings(batch_invariant=True)))
     with pytest.raises(UserError, match="votes need sampling"):
         infer(few, settings(output=tmp_path / "g.json", sampling=replace(voting, do_sample=False)))
@@ -145,19 +145,34 @@ def test_resume_records_from_before_votes_and_from_toolkit_vote(embedded_run, tm
     assert (tmp_path / "final.json").read_bytes() == before
 
 
-def test_rerun_resumes_and_no_resume_starts_over(embedded_run, tmp_path, capsys):
+def test_rerun_resumes_and_no_resume_starts_over(embedded_run, tmp_path):
     _, first = embedded_run
     out = tmp_path / "r.json"
-    out.write_text(first.read_text(encoding="utf-8"), encoding="utf-8")  # copied without its settings
+    shutil.copy(first, out)
+    shutil.copy(dataset.settings_path(first), dataset.settings_path(out))
     result = infer(SAMPLES, settings(output=out))
-    assert (result.resumed, result.generated) == (8, 0)
-    assert "no record of the settings its 8 answer(s) were made with" in " ".join(capsys.readouterr().err.split())
-    assert read(out) == read(first)
-    # Resuming them does not vouch for them: they still have no record (another run with other
-    # settings must not find one saying they were made its way).
-    assert not dataset.settings_path(out).exists()
+    assert (result.resumed, result.generated) == (8, 0) and read(out) == read(first)
     result = infer(SAMPLES, settings(output=out, resume=False))
     assert (result.resumed, result.generated) == (0, 8)
+
+
+@pytest.mark.parametrize("kind", ["copy", "gold"])
+def test_answers_with_no_record_are_neither_resumed_nor_replaced(embedded_run, tmp_path, kind):
+    """Without infer's record the answers may be a dev file's gold ones, named as --output by
+    mistake for the same questions: resumed, they would score perfectly; replaced, they are lost."""
+    _, first = embedded_run
+    out = tmp_path / f"{kind}.json"
+    if kind == "copy":
+        shutil.copy(first, out)  # copied without the hidden record
+    else:
+        gold = [dict(i, output={"answer": '"바른 문장."이 옳다. 이유.'}) for i in read(SAMPLES)]
+        out.write_text(json.dumps(gold, ensure_ascii=False), encoding="utf-8")
+    before = out.read_bytes()
+    for resume in (True, False):
+        with pytest.raises(UserError, match=r"holds answers with no record of how they were made \(a dev file's gold "
+                                            r"answers, a copy, an older run\?\); .*choose another --output"):
+            infer(SAMPLES, settings(output=out, resume=resume))
+        assert out.read_bytes() == before
 
 
 def test_a_rerun_with_other_settings_keeps_the_old_answers_and_says_what_changed(tmp_path):
@@ -248,6 +263,7 @@ def test_a_second_run_on_the_same_output_leaves_the_first_ones_files_alone(embed
     _, reference = embedded_run
     out = tmp_path / "answers.json"
     shutil.copy(reference, out)
+    shutil.copy(dataset.settings_path(reference), dataset.settings_path(out))
     in_flight = partial_path(out)
     in_flight.write_text('[{"id": "1", ', encoding="utf-8")  # the first run, rewriting it
     with exclusive(dataset.lock_path(out), "first"):
@@ -355,7 +371,9 @@ def test_a_resume_sizes_the_context_for_the_items_left(tmp_path):
     inp.write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
     out.write_text(json.dumps([{**items[0], "output": {"answer": "이미 답함"}}] + items[1:], ensure_ascii=False),
                    encoding="utf-8")
-    result = infer(inp, settings(output=out, parallel=2, sampling=replace(FAST, max_new_tokens=4)))
+    run = settings(output=out, parallel=2, sampling=replace(FAST, max_new_tokens=4))
+    dataset.write_settings(out, settings_record(run, run.sampling, run.model))  # as if this run made it
+    result = infer(inp, run)
     assert (result.resumed, result.generated) == (1, 2) and result.n_ctx < 1024
     assert read(out)[0]["output"]["answer"] == "이미 답함" and all("output" in o for o in read(out))
 
@@ -472,6 +490,7 @@ def test_a_context_that_does_not_fit_is_named_and_the_answers_are_kept(embedded_
     _, answers = embedded_run
     out = tmp_path / "answers.json"
     out.write_text(answers.read_text(encoding="utf-8"), encoding="utf-8")
+    shutil.copy(dataset.settings_path(answers), dataset.settings_path(out))
     model = str(embedded.smollm2_gguf())
     # 3M cells of SmolLM2's KV cache (30 layers × 768 B each) are 64 GiB.
     r = run_cli("infer", str(SAMPLES), "--model", model, "--n-ctx", "3000000", "--parallel", "1", "--threads", "2",
@@ -507,3 +526,10 @@ def test_the_batched_context_counts_every_vote_as_a_sequence():
     for votes, streams in ((1, 2), (5, 10)):
         plan = _plan(items, token_ids, 10, 100, True, 10_000, votes)
         assert plan.prefixes == [head] and plan.n_ctx == round_up(30 + streams * (10 + 100), KV_PAD)
+    # A type's only question: its votes share its whole prompt but the last token (evaluated once).
+    plan = _plan(items[:1], token_ids, 10, 100, True, 10_000, 5)
+    assert plan.prefixes == [token_ids["1"][:-1]] and plan.prefix_of == [0]
+    assert plan.n_ctx == round_up(39 + 5 * (1 + 100), KV_PAD)
+    assert _plan(items[:1], token_ids, 10, 100, True, 10_000, 1).prefixes == []  # no votes: nothing to share
+    # Batch-invariant (split cache): the prompt is cut where the plain run cuts it, so vote i stays seed + i's answer.
+    assert _plan(items[:1], token_ids, 10, 100, False, 10_000, 5).prefixes == []

@@ -270,7 +270,8 @@ def test_errors_are_one_line_and_exit_2(case, smollm2_hf, smollm2_lora, gemma3_h
             export_lora(str(adapter), str(gemma3_hf), LoraSettings(output_dir=tmp_path / "models"))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert expect in r.stderr, r.stderr
-    assert not (tmp_path / "models").exists() or not list((tmp_path / "models").rglob("*.gguf"))
+    # Nothing is left, not even an empty models/<name>/ that would look like a model.
+    assert not (tmp_path / "models").exists() or list((tmp_path / "models").iterdir()) == []
 
 
 def test_an_output_that_cannot_take_the_file_is_refused_before_any_conversion(smollm2_hf, smollm2_lora, tmp_path):

@@ -1,6 +1,7 @@
 """Batched decoding: same answers as one at a time (batch-invariant mode), reproducible, complete."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import time
 import pytest
 
 from conftest import REPO, run_cli
-from toolkit import embedded
+from toolkit import dataset, embedded
 from toolkit.engine import EngineSettings
 from toolkit.infer import InferSettings, infer
 from toolkit.parallel import kv_cells, shared_prefixes
@@ -95,12 +96,13 @@ def test_batched_sampling_is_reproducible_and_complete(questions, sampled, tmp_p
 @pytest.mark.parametrize("invariant", [False, True])
 def test_resume_with_parallel(questions, sampled, tmp_path, invariant):
     engine = EngineSettings(batch_invariant=invariant)
-    _, full = run(questions, tmp_path / "full.json", 4, engine=engine) if invariant else sampled
+    made, full = run(questions, tmp_path / "full.json", 4, engine=engine) if invariant else sampled
     partial = tmp_path / "partial.json"
     data = [dict(d) for d in full]
     for d in data[5:]:
         d.pop("output")
     partial.write_text(json.dumps(data, ensure_ascii=False, indent=4), encoding="utf-8")
+    shutil.copy(dataset.settings_path(made.output), dataset.settings_path(partial))  # as a killed run leaves it
     result, resumed = run(questions, partial, 4, resume=True, engine=engine)
     assert (result.resumed, result.generated) == (5, 11)
     assert answers(resumed)[:5] == answers(full)[:5] and all("output" in d for d in resumed)

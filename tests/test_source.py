@@ -198,6 +198,7 @@ def test_a_download_that_fills_the_disk_is_named_and_resumes_once_there_is_room(
         "to resume")
     partial = [p for p in files_under(disk) if p.endswith(".incomplete")]
     assert len(partial) == 1 and (disk / partial[0]).stat().st_size > 20 << 20
+    assert not (tmp_path / "m" / "smol-ko").exists()  # no empty model directory either
     subprocess.run(["mount", "-o", "remount,size=100m", str(disk)], check=True)
     n = len(hub.requests)
     r = run_cli(*args, env=env)

@@ -1,6 +1,7 @@
 """Choosing one answer among several sampled ones (our own sentences)."""
 
 import json
+import os
 import re
 
 import pytest
@@ -99,22 +100,37 @@ def test_vote_keeps_the_majority_answer_of_each_question(tmp_path):
     assert result.kept == [1, 1, 0] and result.agreement == {2: 2}
     r = run_cli("vote", *map(str, files(tmp_path)), "--output", str(out), "--json")  # replaces its own output
     assert r.returncode == 0, r.stderr
+    # Files infer did not write could be gold answers: said, for each.
+    assert " ".join(r.stderr.split()).count("has no record of how its answers were made") == 3
     summary = json.loads(r.stdout)
     assert summary["items"] == 2 and summary["agreement"] == {"2": 2} and list(summary["kept"].values()) == [1, 1, 0]
 
 
-def test_vote_replaces_an_infer_record_that_no_longer_describes_the_output(tmp_path):
+def test_vote_records_its_files_and_replaces_only_its_own_output(tmp_path):
     """(infer then refuses to resume the chosen answers as its own: tests/test_infer.py)"""
     out = tmp_path / "final.json"
-    answers_file(out, "이전 답", "이전 답")
-    dataset.settings_path(out).write_text('{"model": "x.gguf"}', encoding="utf-8")
     vote_files(files(tmp_path), out)
     assert dataset.read_settings(out) == {VOTE_RECORD: ["a.json", "b.json", "c.json"]}
+    # An infer run's answers, a gold file or the question file named as --output by mistake: kept.
+    for name, record in (("run.json", '{"model": "x.gguf"}'), ("gold.json", None), ("questions.json", None)):
+        other = tmp_path / name
+        if name == "questions.json":
+            other.write_text(json.dumps(QUESTIONS, ensure_ascii=False), encoding="utf-8")
+        else:
+            answers_file(other, "다른 답", "다른 답")
+        if record:
+            dataset.settings_path(other).write_text(record, encoding="utf-8")
+        before = other.read_bytes()
+        r = run_cli("vote", *map(str, files(tmp_path)), "--output", str(other))
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines()[-1].startswith(f"error: {other} exists and was not written by toolkit vote")
+        assert other.read_bytes() == before
 
 
 @pytest.mark.parametrize("case, match", [
     ("one file", "two answers files or more"),
     ("twice", "a.json is given twice"),
+    ("hard link", "a2.json is given twice"),
     ("other ids", "b.json answers other questions than .*a.json"),
     ("other questions", "b.json holds other questions than .*a.json under the same ids \\(2\\)"),
     ("unfinished", "c.json: item 2 has no output.answer \\(1 such items"),
@@ -129,6 +145,9 @@ def test_vote_refuses_what_it_cannot_vote_on_and_writes_nothing(tmp_path, case, 
         paths = [a]
     elif case == "twice":
         paths = [a, b, tmp_path / "." / "a.json"]
+    elif case == "hard link":
+        os.link(a, tmp_path / "a2.json")
+        paths = [a, b, tmp_path / "a2.json"]
     elif case == "other ids":
         answers_file(b, "x", questions=QUESTIONS[:1])
     elif case == "other questions":
@@ -142,5 +161,6 @@ def test_vote_refuses_what_it_cannot_vote_on_and_writes_nothing(tmp_path, case, 
         out.write_text('{"not": "answers"}', encoding="utf-8")
     before = {p: p.read_bytes() for p in (a, b, c, out) if p.exists()}
     r = run_cli("vote", *map(str, paths), "--output", str(out))
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and re.search(match, r.stderr), r.stderr
+    error = r.stderr.strip().splitlines()[-1]  # (after the notes on files without a record)
+    assert r.returncode == 2 and error.startswith("error: ") and re.search(match, error), r.stderr
     assert {p: p.read_bytes() for p in (a, b, c, out) if p.exists()} == before

@@ -599,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     except ToolkitError as e:
         if args.verbose:
             traceback.print_exc()
-        console.err.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        console.err.print(f"[red]error:[/red] {e}")
         return e.exit_code
     except KeyboardInterrupt:
         console.err.print("[red]interrupted[/red]: finished work is kept and nothing half-written is left; rerun to go on")
@@ -610,9 +610,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:  # the machine's disk, not a bug of ours
             where = f" writing {e.filename}" if e.filename else ""
             console.err.print(f"[red]error:[/red] no space left on the device{where}; free some space and rerun "
-                              "(finished work is kept, nothing half-written is left)", soft_wrap=True)
+                              "(finished work is kept, nothing half-written is left)")
             return DiskFull.exit_code
-        console.err.print(f"[red]error:[/red] {type(e).__name__}: {e} (rerun with -v for the traceback)", soft_wrap=True)
+        console.err.print(f"[red]error:[/red] {type(e).__name__}: {e} (rerun with -v for the traceback)")
         return 1
 
 

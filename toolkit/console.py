@@ -15,7 +15,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-err = Console(stderr=True, highlight=False)
+# Soft wrap: a message is one line however wide the terminal (and in a log file, never cut at 80).
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 

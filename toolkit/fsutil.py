@@ -42,6 +42,22 @@ def ensure_writable_dir(directory: Path) -> None:
         raise OutputNotWritable(f"{directory}: cannot write there ({e.strerror})") from None
 
 
+@contextlib.contextmanager
+def output_directory(directory: Path) -> Iterator[None]:
+    """ensure_writable_dir for the length of a run: if the run made the directory and fails before
+    writing anything there, it is removed again, so a refused download or adapter leaves no empty
+    models/<name>/ behind to be mistaken for a model."""
+    made = not directory.exists()
+    ensure_writable_dir(directory)
+    try:
+        yield
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only when empty
+        raise
+
+
 def _existing(path: Path) -> Path:
     """`path`, or its nearest parent that exists: where it would be."""
     path = Path(os.path.abspath(path))

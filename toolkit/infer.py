@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from . import chat_template, console, dataset, embedded, gguf, manifest
 from .clean import clean_answer, has_answer_form
 from .engine import Engine, EngineSettings, Generation, LoadInfo
-from .errors import ModelNotFound, UserError
+from .errors import ModelNotFound, OutputExists, UserError
 from .fit import KV_PAD, round_up
 from .fsutil import exclusive, sha256_file
 from .parallel import ParallelDecoder, Request, kv_cells, shared_prefixes
@@ -138,7 +138,10 @@ def _plan(items: list[dict], token_ids: dict[str, list[int]], parallel: int, max
     for n, item in enumerate(items):
         by_type.setdefault(str(item["input"].get("question_type", "")), []).append(n)
     prompts = [token_ids[dataset.item_key(i)] for i in items]
-    heads = shared_prefixes([[prompts[n] for n in members] for members in by_type.values()])
+    # Votes are sequences too: a type's only question, answered N times, shares its whole prompt.
+    # Not in batch-invariant runs, where the prompt's split must stay the plain run's (vote i = seed + i).
+    copies = votes if unified else 1
+    heads = shared_prefixes([[prompts[n] for n in members] * copies for members in by_type.values()])
     prefixes, prefix_of = [], [-1] * len(items)
     for head, members in zip(heads, by_type.values()):
         if head:
@@ -187,17 +190,26 @@ def settings_record(settings: InferSettings, params: SamplingParams, model: Path
     }
 
 
+def _check_output(output: Path, items: list[dict]) -> list[dict]:
+    """dataset.check_output, and: answers with no record of how they were made are neither resumed
+    nor replaced. Infer always writes one; without it the file is most likely a dev file's gold
+    answers named by mistake (resumed, they would score perfectly), or a copy."""
+    held = dataset.check_output(output, items)
+    if dataset.holds_answers(held) and dataset.read_settings(output) is None:
+        raise OutputExists(f"{output} holds answers with no record of how they were made (a dev file's gold "
+                           "answers, a copy, an older run?); they are neither resumed nor replaced: choose another "
+                           "--output")
+    return held
+
+
 def _check_resume(output: Path, answered: int, record: dict) -> None:
-    held = dataset.read_settings(output)
-    if held is not None and VOTE_RECORD in held:
+    held = dataset.read_settings(output) or {}  # (there is one: _check_output)
+    if VOTE_RECORD in held:
         raise UserError(f"{output} holds answers toolkit vote chose among {', '.join(held[VOTE_RECORD])}; "
                         "choose another --output, or --no-resume to start over")
-    if held is not None:  # records written before --votes existed: one answer per question
-        held = {"num_return_sequences": 1, **held}
-    if held is None:
-        console.notice(f"{output}: no record of the settings its {answered} answer(s) were made with; "
-                       "resuming them as they are (--no-resume starts over)")
-    elif changes := dataset.settings_changes(held, record):
+    held = {"num_return_sequences": 1, **held}  # records written before --votes existed: one answer each
+    if changes := dataset.settings_changes(held, record):
+        changes = [c.replace("num_return_sequences", "votes", 1) for c in changes]  # as the option says it
         raise UserError(f"{output} holds {answered} answer(s) made with other settings: {', '.join(changes[:4])}; "
                         "rerun with those to go on, or --no-resume (or another --output) to start over")
 
@@ -229,10 +241,10 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
     output = settings.output or default_output(input_path, model_path, settings.dry_run, settings.engine.lora)
     if output.resolve() == input_path.resolve():
         raise UserError("the output would overwrite the input file; choose another --output")
-    dataset.check_output(output, items)  # what must not be replaced is refused before any lock file
+    _check_output(output, items)  # what must not be replaced is refused before any lock file
     # One run per output: a second would remove this one's temporary files and write its answers over ours.
     with exclusive(dataset.lock_path(output), str(output), "wait for it to finish, or choose another --output"):
-        held = dataset.check_output(output, items)  # again: a run that just ended may have added answers
+        held = _check_output(output, items)  # again: a run that just ended may have added answers
         dataset.drop_leftovers(output)
         return _answer(input_path, items, output, held, model_path, params, settings)
 
@@ -312,7 +324,7 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
         outputs = {k: {"answer": a} for k, a in previous.items()}
         engine.open_context(n_ctx, n_seq_max=n_seq, kv_unified=unified and plan is not None, logits_rows=n_seq)
         result.memory = engine.memory()
-        console.err.print(describe_memory(result.memory), soft_wrap=True)
+        console.err.print(describe_memory(result.memory))
         started = time.perf_counter()
         with _progress() as progress:
             task = progress.add_task("infer", total=len(todo), tps=0.0)
@@ -370,7 +382,7 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
                 result.prompt_seconds += stats.prompt_seconds
                 result.gen_seconds += stats.gen_seconds
         result.n_ctx = engine.n_ctx or n_ctx
-        if not todo:  # (no record written: answers resumed without one must not gain one)
+        if not todo:  # (its record is there already)
             dataset.write_output(output, items, outputs)
         for item in items:
             if item["input"].get("question_type") in (SELECTION, CORRECTION):

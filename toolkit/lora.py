@@ -15,7 +15,7 @@ from . import gguf, manifest
 from .adapter import Adapter, base_tensors, check_base, load_adapter, runtime_adapter_dir
 from .convert import LORA_OUTTYPES, convert_lora
 from .errors import OutputExists, UserError
-from .fsutil import ensure_writable_dir, exclusive, sha256_file, through_link
+from .fsutil import exclusive, output_directory, sha256_file, through_link
 from .source import Source, fetch, locate
 
 
@@ -80,10 +80,12 @@ def export_lora(adapter_spec: str, base_spec: str, settings: LoraSettings = Lora
 
     if (done := finished()[1]) is not None:
         return done  # nothing written, no lock taken: a read-only models/ serves reruns too
-    ensure_writable_dir(target.parent)  # before the download and conversion
-    # One writer at a time: the directory `quantize --lora` also writes, or the one file asked for.
-    lock = directory / manifest.LOCK if tracked else target.with_name(f".{target.name}.lock")
-    with exclusive(lock, str(directory if tracked else out)):
+    # Writable before the download and conversion. One writer at a time: the directory
+    # `quantize --lora` also writes, or the one file asked for.
+    # (A file asked for inside the model's directory takes its lock too: quantize clears leftovers there.)
+    shared = tracked or target.parent.resolve() == directory.resolve()
+    lock = directory / manifest.LOCK if shared else target.with_name(f".{target.name}.lock")
+    with output_directory(target.parent), exclusive(lock, str(directory if tracked else out)):
         man, done = finished()  # again, under the lock: another run may have made it meanwhile
         if done is not None:
             return done

@@ -17,7 +17,7 @@ from .adapter import Adapter, load_adapter, merge_copy_bytes, merged_checkpoint
 from .convert import checkpoint_dtype, convert, read_config, resolve_outtype
 from .engine import Engine, EngineSettings
 from .errors import InvalidGGUF, OutputExists, UserError
-from .fsutil import OUTPUT_HINT, ensure_writable_dir, exclusive, require_space, same_disk, sha256_file
+from .fsutil import OUTPUT_HINT, exclusive, output_directory, require_space, same_disk, sha256_file
 from .quantizer import (DEFAULT_TYPE, IMATRIX_TYPES, QUANT_TYPES, canonical_type, estimated_size, imatrix_required,
                         quantize_file, quantize_file_with_imatrix, verify_loads)
 from .source import Source, fetch, locate, pending_bytes, repo_cache_dir
@@ -255,10 +255,11 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
     if directory.is_dir() and (finished := _build(source, lora, name, directory, types, calibration_items, settings,
                                                   token, decide_only=True)):
         return finished  # nothing to write, and no lock taken: a read-only models/ serves reruns too
-    ensure_writable_dir(directory)  # before a download or conversion that could not be kept
-    # One writer per model directory: a second would remove this one's temporary files and
-    # rewrite the manifest without its entries. Under the lock, everything is decided again.
-    with exclusive(directory / manifest.LOCK, str(directory), "wait for it to finish, or choose another --output-dir"):
+    # Writable before a download or conversion that could not be kept. One writer per model
+    # directory: a second would remove this one's temporary files and rewrite the manifest
+    # without its entries. Under the lock, everything is decided again.
+    with output_directory(directory), exclusive(directory / manifest.LOCK, str(directory),
+                                                "wait for it to finish, or choose another --output-dir"):
         return _build(source, lora, name, directory, types, calibration_items, settings, token)
 
 

@@ -13,12 +13,13 @@ seeds answering one question file (an ensemble); ties go to the earlier file.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import dataset
-from .errors import InvalidInput, UserError
+from . import console, dataset
+from .errors import InvalidInput, OutputExists, UserError
 from .fsutil import exclusive
 from .score import Rouge1, answer_sentence, split_answer
 
@@ -81,12 +82,13 @@ def vote_files(paths: Sequence[Path], output: Path) -> VoteResult:
     with the chosen answers to `output`. Ties go to the earlier file."""
     if len(paths) < 2:
         raise UserError("give two answers files or more to vote among")
-    seen: dict[Path, Path] = {}
-    for path in paths:
-        if (real := Path(path).resolve()) in seen:
-            raise UserError(f"{path} is given twice (as {seen[real]}): each file is one vote")
-        seen[real] = path
     files = [dataset.load_items(p) for p in paths]
+    seen: dict[tuple[int, int], Path] = {}
+    for path in paths:  # by inode: a link or another spelling of a path is the same file
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) in seen:
+            raise UserError(f"{path} is given twice (as {seen[st.st_dev, st.st_ino]}): each file is one vote")
+        seen[st.st_dev, st.st_ino] = path
     first = files[0]
     keys = [dataset.item_key(i) for i in first]
     questions = {dataset.item_key(i): i["input"] for i in first}
@@ -103,11 +105,14 @@ def vote_files(paths: Sequence[Path], output: Path) -> VoteResult:
             raise InvalidInput(f"{path}: item {missing[0]} has no output.answer ({len(missing)} such items: "
                                "an unfinished infer run? run it again to finish it)")
         answers.append({k: dataset.answer_of(by_id[k]) for k in keys})
-    if any(output.resolve() == Path(p).resolve() for p in paths):
+        if dataset.read_settings(path) is None:  # a dev file's gold answers would vote too
+            console.notice(f"{path} has no record of how its answers were made (not written by toolkit infer, or "
+                           "copied without it): make sure it is not a file of gold answers")
+    if output.exists() and any(os.path.samefile(output, p) for p in paths):
         raise UserError("the output would overwrite one of the answers files; choose another --output")
-    dataset.check_output(output, first)
+    _check_output(output, first)
     with exclusive(dataset.lock_path(output), str(output), "wait for it to finish, or choose another --output"):
-        dataset.check_output(output, first)
+        _check_output(output, first)
         similarity = Rouge1().f1
         result = VoteResult(output, len(keys), list(paths), [0] * len(paths))
         outputs = {}
@@ -121,3 +126,11 @@ def vote_files(paths: Sequence[Path], output: Path) -> VoteResult:
         dataset.write_settings(output, {VOTE_RECORD: [Path(p).name for p in paths]})
         dataset.write_output(output, first, outputs)
         return result
+
+
+def _check_output(output: Path, items: list[dict]) -> None:
+    """Only an earlier vote's output is replaced: never an infer run's answers, a gold or a question file."""
+    held = dataset.check_output(output, items)
+    if held and VOTE_RECORD not in (dataset.read_settings(output) or {}):
+        raise OutputExists(f"{output} exists and was not written by toolkit vote (an infer run's answers, a gold "
+                           "or question file?); choose another --output")
