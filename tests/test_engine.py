@@ -4,7 +4,7 @@ import pytest
 from llama_cpp import Llama
 
 from conftest import run_cli
-from toolkit import embedded
+from toolkit import dataset, embedded
 from toolkit.engine import Engine
 from toolkit.errors import InvalidGGUF, LoadFailed
 from toolkit.sampler import Sampler, SamplingParams
@@ -77,6 +77,7 @@ def test_bad_model_files(tmp_path, make):
     out = tmp_path / "out.json"
     previous = '[{"id": "1", "output": {"answer": "이전 답"}}]'
     out.write_text(previous, encoding="utf-8")
+    dataset.settings_path(out).write_text("{}", encoding="utf-8")  # an earlier run's (else refused for want of one)
     r = run_cli("infer", str(inp), "--model", str(path), "--output", str(out), "--no-resume")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
     assert ("GGUF" if make != "missing" else "no such model file") in r.stderr
