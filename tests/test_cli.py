@@ -53,6 +53,9 @@ def test_help_lists_the_commands():
 
 
 def test_demo_quantizes_the_embedded_model(tmp_path):
+    # A demo's answers from before infer kept a record of their settings: the demo's own file, replaced.
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "samples.answers.json").write_text('[{"id": "s1", "output": {"answer": "old"}}]')
     r = run_cli("demo", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "models" / "SmolLM2-135M-Instruct" / "SmolLM2-135M-Instruct-Q4_K_M.gguf"

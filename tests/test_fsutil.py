@@ -130,6 +130,21 @@ def test_one_writer_at_a_time_and_a_killed_one_never_keeps_the_lock(tmp_path):
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert lock.exists()  # what a killed writer leaves: a file, but no lock on it
-    with exclusive(lock, "models/x"):
-        assert lock.read_text() == f"pid {os.getpid()}"
+    with exclusive(lock, "models/x") as guarded:
+        assert guarded and lock.read_text() == f"pid {os.getpid()}"
     assert not lock.exists()
+
+
+def test_a_file_system_without_locks_runs_unguarded_and_says_so(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    from toolkit.fsutil import exclusive
+
+    with exclusive(tmp_path / ".out.lock", "models/x") as guarded:
+        assert guarded is False  # (so nothing another run may be writing is swept)
+    assert not (tmp_path / ".out.lock").exists()

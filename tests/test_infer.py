@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO, files_under, header_only, run_cli
 from toolkit import dataset, demo, embedded
-from toolkit.engine import EngineSettings
+from toolkit.engine import Engine, EngineSettings
 from toolkit.errors import UserError
 from toolkit.fsutil import exclusive, partial_path
 from toolkit.infer import InferSettings, default_output, fit_context, infer, resolve_model, settings_record
@@ -143,6 +143,31 @@ def test_resume_records_from_before_votes_and_from_toolkit_vote(embedded_run, tm
     with pytest.raises(UserError, match="holds answers toolkit vote chose among old.json, other.json; .*--no-resume"):
         infer(SAMPLES, settings(output=tmp_path / "final.json"))
     assert (tmp_path / "final.json").read_bytes() == before
+
+
+def test_a_run_stopped_before_its_first_answer_leaves_its_record_and_no_other_runs_answers(embedded_run, tmp_path,
+                                                                                          monkeypatch):
+    """The record is written before the first answer, after the kept ones: a kill anywhere leaves
+    answers only under the record they were made with (never the next run's record over the last
+    run's answers, nor an answer without a record, which no rerun would take)."""
+    _, first = embedded_run
+    out = tmp_path / "a.json"
+    shutil.copy(first, out)
+    shutil.copy(dataset.settings_path(first), dataset.settings_path(out))
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Engine, "generate", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        infer(SAMPLES, settings(output=out, sampling=replace(FAST, max_new_tokens=8), resume=False))
+    assert not dataset.holds_answers(read(out)) and dataset.read_settings(out)["max_new_tokens"] == 8
+    few = tmp_path / "few.json"
+    few.write_text(json.dumps(read(SAMPLES)[:2], ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(KeyboardInterrupt):
+        infer(few, settings(output=tmp_path / "fresh.json"))
+    monkeypatch.undo()
+    assert infer(few, settings(output=tmp_path / "fresh.json")).generated == 2  # not refused: it goes on
 
 
 def test_rerun_resumes_and_no_resume_starts_over(embedded_run, tmp_path):

@@ -304,6 +304,14 @@ def test_lora_stops_while_quantize_lora_writes_its_directory(smollm2_hf, smollm2
     assert r.returncode == 2 and r.stderr.startswith(
         f"error: {directory} is being written by another toolkit process (pid {os.getpid()})"), r.stderr
     assert list(directory.iterdir()) == []
+    # A file asked for in another model's directory waits for that directory's lock too (quantize
+    # clears what killed runs left there).
+    other = tmp_path / "models" / "other"
+    other.mkdir()
+    (other / manifest.FILENAME).write_text("{}", encoding="utf-8")
+    with exclusive(other / manifest.LOCK, "quantize"):
+        r = run_cli("lora", str(smollm2_lora), "--base", str(smollm2_hf), "--output", str(other / "x.gguf"))
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {other} is being written by another toolkit process")
     # That run killed: what it left goes when lora next writes the directory.
     (directory / f".{directory.name}.merging" / directory.name).mkdir(parents=True)
     (directory / f".{directory.name}-Q8_0.gguf.partial").write_bytes(b"half a quant")

@@ -225,13 +225,17 @@ def test_a_second_quantize_into_the_same_directory_stops_before_touching_it(tiny
     (directory / ".tiny-llama.merging" / "tiny-llama").mkdir(parents=True)
     (directory / ".tiny-llama.merging" / "tiny-llama" / "model.safetensors").write_bytes(b"y" * 3_000_000)
     (directory / ".tiny-llama.imatrix.gguf.partial.txt").write_text("calibration text", encoding="utf-8")
+    (directory / ".tiny-llama.fidelity-k1ll3d.logprobs").write_bytes(b"z" * 1000)
+    (directory / ".my-lora.rescaled-k1ll3d").mkdir()
     (directory / ".notes.txt.partial").write_text("the user's own", encoding="utf-8")
+    (directory / ".fidelity-c0mp4r3.logprobs").write_bytes(b"toolkit compare's, which runs without the lock")
     r = run_cli("quantize", str(tiny_hf), "--q8_0", "--no-check", "--output-dir", str(out))
     assert r.returncode == 0, r.stderr
     assert (f"note: removed what a killed run left in {directory}: ..tiny-llama-BF16.intermediate.partial, "
-            ".tiny-llama-Q4_K_M.gguf.partial, .tiny-llama.imatrix.gguf.partial.txt, .tiny-llama.merging (5 MB)"
-            ) in " ".join(r.stderr.split())
-    assert files_under(directory) == [".notes.txt.partial", "manifest.json", "tiny-llama-Q8_0.gguf"]
+            ".my-lora.rescaled-k1ll3d, .tiny-llama-Q4_K_M.gguf.partial, .tiny-llama.fidelity-k1ll3d.logprobs, "
+            ".tiny-llama.imatrix.gguf.partial.txt, .tiny-llama.merging (5 MB)") in " ".join(r.stderr.split())
+    assert files_under(directory) == [".fidelity-c0mp4r3.logprobs", ".notes.txt.partial", "manifest.json",
+                                      "tiny-llama-Q8_0.gguf"]
 
 
 def test_second_architecture_gemma3(gemma3_hf, tmp_path):

@@ -8,7 +8,7 @@ from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
-from . import embedded, vendor
+from . import dataset, embedded, vendor
 from .infer import InferResult, InferSettings, infer
 from .quantize import QuantizeResult, QuantizeSettings, quantize
 from .sampler import SamplingParams
@@ -45,7 +45,10 @@ def run(output_dir: Path = Path("models")) -> tuple[QuantizeResult, InferResult,
     model = quantized.files[0].path
     # Eight items: always answered afresh, so that a demo after an update never meets answers
     # recorded with the old defaults.
-    settings = InferSettings(model=model, output=output_dir / "samples.answers.json", resume=False,
+    output = output_dir / "samples.answers.json"
+    if output.exists() and dataset.read_settings(output) is None:  # the demo's own, from before records
+        output.unlink()  # (infer refuses answers without one, and the demo takes no --output)
+    settings = InferSettings(model=model, output=output, resume=False,
                              sampling=replace(SamplingParams(), max_new_tokens=DEMO_MAX_NEW_TOKENS))
     answers = infer(samples_path(), settings)
     return quantized, answers, score(answers.output, samples_gold_path())

@@ -143,8 +143,8 @@ class _Reference:
     """The reference model's log-probabilities at every scored position, on disk (a 128k
     vocabulary over a few thousand positions is gigabytes)."""
 
-    def __init__(self, n_positions: int, n_vocab: int, directory: Path):
-        self._file = tempfile.NamedTemporaryFile(dir=directory, prefix=".fidelity-", suffix=".logprobs")
+    def __init__(self, n_positions: int, n_vocab: int, directory: Path, prefix: str = ".fidelity-"):
+        self._file = tempfile.NamedTemporaryFile(dir=directory, prefix=prefix, suffix=".logprobs")
         self.logp = np.memmap(self._file.name, dtype=np.float32, mode="w+", shape=(n_positions, n_vocab))
 
     def close(self) -> None:
@@ -168,7 +168,7 @@ def _evaluate(engine: Engine, texts: list[Text], visit: Callable[[int, int, np.n
 
 def compare(reference: Path, quants: list[Path], texts_source: Path | None = None, n_ctx: int = 512,
             engine_settings: EngineSettings = EngineSettings(), workdir: Path | None = None,
-            on_file: Callable[[Path], None] | None = None) -> list[FidelityRow]:
+            on_file: Callable[[Path], None] | None = None, temp_prefix: str = ".fidelity-") -> list[FidelityRow]:
     """Rows for the reference (agreement 1, KLD 0) and each quant, on the same tokens."""
     from . import demo
 
@@ -185,7 +185,7 @@ def compare(reference: Path, quants: list[Path], texts_source: Path | None = Non
         # model folder falls back to /tmp.
         if workdir is None:
             workdir = reference.parent if os.access(reference.parent, os.W_OK) else Path(tempfile.gettempdir())
-        store = _Reference(n_positions, n_vocab, workdir)
+        store = _Reference(n_positions, n_vocab, workdir, temp_prefix)
         ref_top = np.zeros(n_positions, dtype=np.int64)
         ref_nll = np.zeros(n_positions)
         if on_file:

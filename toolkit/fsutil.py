@@ -137,14 +137,15 @@ def write_json_atomic(final: Path, data: Any, indent: int = 2) -> None:
 
 
 @contextlib.contextmanager
-def exclusive(lock: Path, what: str, hint: str = "wait for it to finish, or write elsewhere") -> Iterator[None]:
+def exclusive(lock: Path, what: str, hint: str = "wait for it to finish, or write elsewhere") -> Iterator[bool]:
     """Hold `lock` (a file beside the output, removed afterwards) as the output's only writer;
     a second toolkit process stops at once with OutputBusy. The lock goes with the process, so a
-    killed run never leaves its output locked."""
+    killed run never leaves its output locked. Yields whether the lock guards anything: False
+    where the system has no locks (then nothing another run may be writing is removed)."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no locking
-        yield
+        yield False
         return
     while True:
         try:
@@ -168,7 +169,7 @@ def exclusive(lock: Path, what: str, hint: str = "wait for it to finish, or writ
                 raise
             with contextlib.suppress(OSError):
                 os.unlink(lock)
-            yield  # unguarded, as before there were locks
+            yield False  # unguarded, as before there were locks
             return
         try:  # the writer before us may have removed the file after we opened it: lock the one there
             if os.stat(lock).st_ino == os.fstat(fd).st_ino:
@@ -180,7 +181,7 @@ def exclusive(lock: Path, what: str, hint: str = "wait for it to finish, or writ
         with contextlib.suppress(OSError):  # only for the other process's message: a full disk must not stop us
             os.ftruncate(fd, 0)
             os.write(fd, f"pid {os.getpid()}".encode())
-        yield
+        yield True
     finally:
         with contextlib.suppress(OSError):
             os.unlink(lock)  # while still held, so no one locks a file that is about to go

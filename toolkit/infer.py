@@ -325,6 +325,11 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
         engine.open_context(n_ctx, n_seq_max=n_seq, kv_unified=unified and plan is not None, logits_rows=n_seq)
         result.memory = engine.memory()
         console.err.print(describe_memory(result.memory))
+        if todo:
+            # Before the first answer: the answers kept (none with --no-resume), then this run's
+            # record. A kill at any point leaves answers only under the record they were made with.
+            dataset.write_output(output, items, outputs)
+            dataset.write_settings(output, record)
         started = time.perf_counter()
         with _progress() as progress:
             task = progress.add_task("infer", total=len(todo), tps=0.0)
@@ -339,8 +344,6 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
                 choice = choose(answers, similarity) if similarity else Choice(answers[0], 0, 1, 1)
                 outputs[key] = {"answer": choice.answer}
                 dataset.write_output(output, items, outputs)  # a kill loses only the items in flight
-                if not result.generated:  # after the first answer: a kill between the two is refused, not mixed
-                    dataset.write_settings(output, record)
                 result.generated += 1
                 result.new_tokens += sum(len(gen.tokens) for gen in gens)
                 result.cut_at_max_tokens += gens[choice.index].stopped != "eog"

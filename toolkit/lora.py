@@ -82,14 +82,15 @@ def export_lora(adapter_spec: str, base_spec: str, settings: LoraSettings = Lora
         return done  # nothing written, no lock taken: a read-only models/ serves reruns too
     # Writable before the download and conversion. One writer at a time: the directory
     # `quantize --lora` also writes, or the one file asked for.
-    # (A file asked for inside the model's directory takes its lock too: quantize clears leftovers there.)
-    shared = tracked or target.parent.resolve() == directory.resolve()
-    lock = directory / manifest.LOCK if shared else target.with_name(f".{target.name}.lock")
-    with output_directory(target.parent), exclusive(lock, str(directory if tracked else out)):
+    # A file asked for inside any model's directory takes that directory's lock: quantize clears
+    # leftovers (a rescaled adapter's copy among them) there.
+    shared = tracked or (target.parent / manifest.FILENAME).exists() or target.parent.resolve() == directory.resolve()
+    lock = target.parent / manifest.LOCK if shared else target.with_name(f".{target.name}.lock")
+    with output_directory(target.parent), exclusive(lock, str(target.parent if shared else out)) as guarded:
         man, done = finished()  # again, under the lock: another run may have made it meanwhile
         if done is not None:
             return done
-        if tracked:
+        if tracked and guarded:
             manifest.drop_leftovers(directory, name)
         checkpoint = fetch(base, token)
         # Refuse before converting: the converter's own failure for a foreign base is an assert.

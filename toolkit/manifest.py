@@ -72,14 +72,21 @@ def recorded_sha256(path: Path) -> str | None:
     return None
 
 
+def fidelity_prefix(name: str) -> str:
+    """The fidelity check's temporary file (gigabytes for a large vocabulary) in a model's directory:
+    a name of quantize's own, not `toolkit compare`'s, which runs there without the lock."""
+    return f".{name}.fidelity-"
+
+
 def leftovers(directory: Path, name: str) -> list[Path]:
     """What killed quantize (or lora) runs leave in a model's directory, none of it finished:
     temporary GGUFs, the hidden 16-bit intermediate, an importance matrix being computed, a LoRA
-    merge's shard copies, the manifest being rewritten."""
+    merge's shard copies, the fidelity check's log-probabilities, a rescaled LoRA's copy (lora
+    takes this directory's lock to write there), the manifest being rewritten."""
     n = glob.escape(name)
     patterns = (f".{n}-*.gguf.partial", f".{n}-*.intermediate", f"..{n}-*.intermediate.partial",
                 f".{n}.imatrix.gguf.partial", f".{n}.imatrix.gguf.partial.*", f".{n}.merging",
-                f".{FILENAME}.partial")
+                f"{glob.escape(fidelity_prefix(name))}*.logprobs", ".*.rescaled-*", f".{FILENAME}.partial")
     return sorted({p for pattern in patterns for p in directory.glob(pattern)})
 
 

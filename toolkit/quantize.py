@@ -259,15 +259,16 @@ def quantize(model: str, settings: QuantizeSettings = QuantizeSettings(), token:
     # directory: a second would remove this one's temporary files and rewrite the manifest
     # without its entries. Under the lock, everything is decided again.
     with output_directory(directory), exclusive(directory / manifest.LOCK, str(directory),
-                                                "wait for it to finish, or choose another --output-dir"):
-        return _build(source, lora, name, directory, types, calibration_items, settings, token)
+                                                "wait for it to finish, or choose another --output-dir") as guarded:
+        return _build(source, lora, name, directory, types, calibration_items, settings, token, sweep=guarded)
 
 
 def _build(source: Source, lora: Adapter | None, name: str, directory: Path, types: list[str],
            calibration_items: list[dict] | None, settings: QuantizeSettings, token: str | None,
-           decide_only: bool = False) -> QuantizeResult | None:
+           decide_only: bool = False, sweep: bool = False) -> QuantizeResult | None:
     """Skip what is finished and refuse to clobber the rest; then, under the directory's lock,
-    convert, quantize and record (`decide_only`: None when anything is left to build)."""
+    convert, quantize and record (`decide_only`: None when anything is left to build; `sweep`:
+    the lock is held, so what killed runs left can go)."""
     result = QuantizeResult(source, directory, adapter=lora)
     recorded = manifest.load(directory)
     same_source = manifest.same_origin(recorded, source.identity(), lora.source.identity() if lora else None)
@@ -295,7 +296,8 @@ def _build(source: Source, lora: Adapter | None, name: str, directory: Path, typ
     if decide_only:
         return None
 
-    manifest.drop_leftovers(directory, name)  # before the room is counted: they may be gigabytes
+    if sweep:
+        manifest.drop_leftovers(directory, name)  # before the room is counted: they may be gigabytes
     if source.parameters and (download := pending_bytes(source)):
         _check_room_before_download(source, directory, name, todo, download, settings.outtype,
                                     converting=not (same_source and any(e.get("intermediate") for e in man["files"].values())))
@@ -351,7 +353,7 @@ def _build(source: Source, lora: Adapter | None, name: str, directory: Path, typ
         if settings.check and built:
             from . import fidelity
 
-            result.fidelity = fidelity.compare(intermediate, built)
+            result.fidelity = fidelity.compare(intermediate, built, temp_prefix=manifest.fidelity_prefix(name))
             for row, f in zip(result.fidelity[1:], [f for f in result.files if f.path in built]):
                 entry = dict(man["files"][f.type], fidelity={
                     "reference": inter_type, "texts": "bundled samples (questions + reference answers)",
