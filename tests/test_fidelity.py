@@ -112,8 +112,9 @@ def test_bad_inputs_are_refused_before_scoring(smollm2_bf16, smollm2_quantized, 
 def test_reference_logprobs_go_beside_the_reference(smollm2_bf16, smollm2_quantized, tmp_path, monkeypatch):
     """Not to /tmp, which is often memory: for a 128k vocabulary they are gigabytes."""
     seen, real = [], fidelity._Reference
-    monkeypatch.setattr(fidelity, "_Reference", lambda n, v, d: seen.append(d) or real(n, v, d))
+    monkeypatch.setattr(fidelity, "_Reference", lambda n, v, d, p: seen.append((d, p)) or real(n, v, d, p))
     text = tmp_path / "prose.txt"
     text.write_text(PROSE.read_text(encoding="utf-8")[:400], encoding="utf-8")
     compare(smollm2_bf16, [files(smollm2_quantized)["Q8_0"]], text, n_ctx=64)
-    assert seen == [smollm2_bf16.parent]
+    # `toolkit compare`'s own name there: quantize's (.<name>.fidelity-) is swept under its lock.
+    assert seen == [(smollm2_bf16.parent, ".fidelity-")]
