@@ -461,7 +461,7 @@ def print_infer_result(r, as_json: bool = False) -> None:
         "generation_tokens_per_second": round(r.new_tokens / r.gen_seconds, 2) if r.gen_seconds else 0.0,
         "cut_at_max_new_tokens": r.cut_at_max_tokens, "missing_answer_form": r.missing_form,
         "answer_form_checked": r.form_checked, "parallel": r.parallel, "n_ctx": r.n_ctx,
-        "votes": r.votes, "agreement": {str(k): v for k, v in sorted(r.agreement.items(), reverse=True)},
+        "votes": r.votes, "agreement": _agreement_json(r.agreement),
         "layers_on_gpu": f"{r.load.layers_offloaded}/{r.load.layers_total}", "backend": r.load.backend,
         "llama_cpp_offload_log": r.load.offload_log,
         "memory_mib": r.memory,
@@ -478,6 +478,10 @@ def print_infer_result(r, as_json: bool = False) -> None:
         console.out.print(f'{r.missing_form} of {r.form_checked} 선택형/교정형 answers lack the "…"가 옳다 form')
     if r.votes > 1 and r.agreement:
         console.out.print(describe_agreement(r.agreement, r.votes))
+
+
+def _agreement_json(agreement: dict[int, int]) -> dict[str, int]:
+    return {str(k): n for k, n in sorted(agreement.items(), reverse=True)}
 
 
 def describe_agreement(agreement: dict[int, int], votes: int) -> str:
@@ -534,7 +538,7 @@ def cmd_vote(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"output": str(r.output), "items": r.items,
                           "kept": {str(p): n for p, n in zip(r.sources, r.kept)},
-                          "agreement": {str(k): v for k, v in sorted(r.agreement.items(), reverse=True)}},
+                          "agreement": _agreement_json(r.agreement)},
                          ensure_ascii=False))
         return 0
     kept = ", ".join(f"{n} from {p.name}" for p, n in zip(r.sources, r.kept))

@@ -325,10 +325,10 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
         engine.open_context(n_ctx, n_seq_max=n_seq, kv_unified=unified and plan is not None, logits_rows=n_seq)
         result.memory = engine.memory()
         console.err.print(describe_memory(result.memory))
-        if todo:
-            # Before the first answer: the answers kept (none with --no-resume), then this run's
-            # record. A kill at any point leaves answers only under the record they were made with.
-            dataset.write_output(output, items, outputs)
+        # Before the first answer: the answers kept (none with --no-resume), then this run's record.
+        # A kill at any point leaves answers only under the record they were made with.
+        dataset.write_output(output, items, outputs)
+        if todo:  # (with nothing to answer, the record there is this run's already)
             dataset.write_settings(output, record)
         started = time.perf_counter()
         with _progress() as progress:
@@ -385,8 +385,6 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
                 result.prompt_seconds += stats.prompt_seconds
                 result.gen_seconds += stats.gen_seconds
         result.n_ctx = engine.n_ctx or n_ctx
-        if not todo:  # (its record is there already)
-            dataset.write_output(output, items, outputs)
         for item in items:
             if item["input"].get("question_type") in (SELECTION, CORRECTION):
                 result.form_checked += 1

@@ -80,10 +80,9 @@ def export_lora(adapter_spec: str, base_spec: str, settings: LoraSettings = Lora
 
     if (done := finished()[1]) is not None:
         return done  # nothing written, no lock taken: a read-only models/ serves reruns too
-    # Writable before the download and conversion. One writer at a time: the directory
-    # `quantize --lora` also writes, or the one file asked for.
-    # A file asked for inside any model's directory takes that directory's lock: quantize clears
-    # leftovers (a rescaled adapter's copy among them) there.
+    # Writable before the download and conversion. One writer at a time: of a model's directory
+    # (its own, which `quantize --lora` also writes, or any other with a manifest, where quantize
+    # clears leftovers such as a rescaled adapter's copy), else of the one file asked for.
     shared = tracked or (target.parent / manifest.FILENAME).exists() or target.parent.resolve() == directory.resolve()
     lock = target.parent / manifest.LOCK if shared else target.with_name(f".{target.name}.lock")
     with output_directory(target.parent), exclusive(lock, str(target.parent if shared else out)) as guarded:
