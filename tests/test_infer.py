@@ -21,11 +21,13 @@ from toolkit.errors import UserError
 from toolkit.fsutil import exclusive, partial_path
 from toolkit.infer import InferSettings, default_output, fit_context, infer, resolve_model, settings_record
 from toolkit.prompts import PromptSet
+from toolkit.retrieve import RetrievalSettings
 from toolkit.sampler import SamplingParams
 from toolkit.score import Rouge1
 from toolkit.vote import choose, vote_files
 
 SAMPLES = demo.samples_path()
+REFERENCES = SAMPLES.parent / "sample_references.txt"
 FAST = SamplingParams(max_new_tokens=24)
 # Short instructions keep prompts near 100 tokens: SmolLM2's English tokenizer spends ~850 on
 # the default Korean ones, and prompt evaluation runs ~200 tok/s on two cores.
@@ -219,6 +221,38 @@ def test_a_rerun_with_other_settings_keeps_the_old_answers_and_says_what_changed
     fresh = infer(few, settings(output=out, sampling=replace(FAST, seed=5), resume=False))
     assert fresh.generated == 2 and infer(few, settings(output=out, sampling=replace(FAST, seed=5))).resumed == 2
     assert read(out) != json.loads(before)
+
+
+def test_references_go_into_the_prompts_and_the_record(tmp_path):
+    """The norms retrieved for a question are part of how its answer was made: a rerun without
+    them, or with another count, does not take the answers as its own."""
+    few = tmp_path / "few.json"
+    few.write_text(json.dumps(read(SAMPLES)[5:7], ensure_ascii=False), encoding="utf-8")
+    out = tmp_path / "a.json"
+    refs = RetrievalSettings(REFERENCES, count=1, max_chars=60)  # short: SmolLM2 spends ~2 tokens a syllable
+    assert infer(few, settings(output=out, references=refs)).generated == 2
+    before = out.read_bytes()
+    with pytest.raises(UserError, match=r"other settings: references from a file \(now none\)"):
+        infer(few, settings(output=out))
+    with pytest.raises(UserError, match=r"other settings: references.count 1 \(now 2\)"):
+        infer(few, settings(output=out, references=replace(refs, count=2)))
+    assert out.read_bytes() == before
+    assert infer(few, settings(output=out, references=refs)).resumed == 2
+
+
+def test_dry_run_shows_the_norms_each_question_got(tmp_path):
+    out = tmp_path / "p.json"
+    r = run_cli("infer", str(SAMPLES), "--model", str(embedded.smollm2_gguf()), "--dry-run", "--output", str(out),
+                "--references", str(REFERENCES), "--references-count", "2", "--references-chars", "80")
+    assert r.returncode == 0, r.stderr
+    assert f"up to 2 passages per question from {REFERENCES}" in r.stderr
+    item = read(out)[5]["output"]  # s6: 정리할께
+    assert item["references"][0] == "한글 맞춤법 - 된소리로 나는 어미" and len(item["references"]) == 2
+    norms = item["prompt"].split("[참고 규범]\n", 1)[1].split("\n\n[질문]")[0].splitlines()
+    assert norms[1].startswith("<한글 맞춤법 - 된소리로 나는 어미> 어미 '-ㄹ게'") and norms[1].endswith(" …")
+    assert len(norms) == 3  # the lead-in and two passages
+    # The instruction still opens the user message: a type's questions share it as their head.
+    assert item["prompt"].index("[지침]") < item["prompt"].index("[참고 규범]") < item["prompt"].index("[질문]")
 
 
 def test_kill_and_resume(embedded_run, tmp_path, short_prompts):

@@ -35,6 +35,14 @@ def test_extra_input_fields_become_other_information():
     assert '[기타 정보]\n- topic: 맞춤법\n- hints: ["왜인지", "웬"]\n\n[질문]' in text
 
 
+def test_references_come_between_the_instruction_and_the_rest():
+    item = {**SELECT, "topic": "맞춤법"}
+    text = user_message(item, PromptSet(), ["<맞춤법 - 왠지> '왠지'는 '왜인지'가 줄어든 말이다.", "둘째 규범."])
+    assert text.startswith(prompts.SELECTION_INSTRUCTION + "\n\n" + prompts.REFERENCES_HEADING + "\n<맞춤법 - 왠지>")
+    assert "줄어든 말이다.\n둘째 규범.\n\n[기타 정보]\n- topic: 맞춤법\n\n[질문]" in text
+    assert user_message(item, PromptSet(), []) == user_message(item, PromptSet())  # none found: no heading
+
+
 def test_messages_with_and_without_system():
     msgs = build_messages(SELECT, PromptSet())
     assert [m["role"] for m in msgs] == ["system", "user"]

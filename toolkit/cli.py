@@ -14,6 +14,7 @@ from .errors import DiskFull, ToolkitError
 from .fit import KV_TYPE_BYTES
 from .fsutil import NO_SPACE_ERRNOS
 from .quantizer import DEFAULT_TYPE, QUANT_TYPES
+from .retrieve import DEFAULT_CHARS, DEFAULT_COUNT
 from .sampler import SamplingParams
 
 
@@ -157,6 +158,14 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--correction-prompt", help="instruction for 교정형 (text or @file)")
     g.add_argument("--prompts", type=Path, help="TOML with system / selection / correction / generic")
     g.add_argument("--chat-template", type=Path, help="jinja chat template to use instead of the model's")
+    g.add_argument("--references", type=Path, metavar="FILE",
+                   help="the task's reference document of norms as text (passages under <분야 - 규정> titles, "
+                        "Markdown headings or blank lines) or JSON/JSONL: each question gets the passages that "
+                        "match it best (BM25) in its prompt under [참고 규범]")
+    g.add_argument("--references-count", type=positive, default=DEFAULT_COUNT, metavar="N",
+                   help=f"passages per question (default {DEFAULT_COUNT})")
+    g.add_argument("--references-chars", type=positive, default=DEFAULT_CHARS, metavar="N",
+                   help=f"characters kept of each passage (default {DEFAULT_CHARS})")
     g = p.add_argument_group("sampling (HF generate semantics)")
     g.add_argument("--temperature", type=float, default=d.temperature)
     g.add_argument("--top-p", type=float, default=d.top_p)
@@ -434,6 +443,7 @@ def infer_settings(args: argparse.Namespace):
     from .engine import EngineSettings
     from .infer import InferSettings
     from .prompts import PromptSet, load_prompt_file, text_or_file
+    from .retrieve import RetrievalSettings
 
     prompts = load_prompt_file(args.prompts) if args.prompts else PromptSet()
     overrides = {"system": args.system_prompt, "selection": args.selection_prompt,
@@ -447,8 +457,9 @@ def infer_settings(args: argparse.Namespace):
                             n_ctx=args.n_ctx, threads=args.threads,
                             flash_attn={"auto": None, "on": True, "off": False}[args.flash_attn],
                             batch_invariant=args.batch_invariant, lora=args.lora, lora_scale=args.lora_scale)
+    references = RetrievalSettings(args.references, args.references_count, args.references_chars)
     return InferSettings(model=args.model, output=args.output, sampling=sampling, engine=engine,
-                         prompts=prompts, chat_template=args.chat_template, resume=args.resume,
+                         prompts=prompts, references=references, chat_template=args.chat_template, resume=args.resume,
                          dry_run=args.dry_run, parallel=args.parallel)
 
 

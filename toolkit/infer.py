@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from . import chat_template, console, dataset, embedded, gguf, manifest
+from . import chat_template, console, dataset, embedded, gguf, manifest, retrieve
 from .clean import clean_answer, has_answer_form
 from .engine import Engine, EngineSettings, Generation, LoadInfo
 from .errors import ModelNotFound, OutputExists, UserError
@@ -32,6 +32,7 @@ class InferSettings:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     engine: EngineSettings = field(default_factory=EngineSettings)
     prompts: PromptSet = field(default_factory=PromptSet)
+    references: retrieve.RetrievalSettings = field(default_factory=retrieve.RetrievalSettings)
     chat_template: Path | None = None
     resume: bool = True
     dry_run: bool = False
@@ -62,6 +63,7 @@ class InferResult:
     parallel: int = 1
     lora: Path | None = None
     lora_scale: float = 1.0
+    references: retrieve.RetrievalSettings = field(default_factory=retrieve.RetrievalSettings)
     memory: dict[str, dict[str, float]] = field(default_factory=dict)  # llama.cpp's buffers, MiB
 
     @property
@@ -186,6 +188,7 @@ def settings_record(settings: InferSettings, params: SamplingParams, model: Path
         "lora_scale": settings.engine.lora_scale if lora else None,
         **asdict(params),
         "prompts": asdict(settings.prompts),
+        "references": settings.references.record(),
         "chat_template": sha256_file(template) if template else None,
     }
 
@@ -208,6 +211,9 @@ def _check_resume(output: Path, answered: int, record: dict) -> None:
         raise UserError(f"{output} holds answers toolkit vote chose among {', '.join(held[VOTE_RECORD])}; "
                         "choose another --output, or --no-resume to start over")
     held = {"num_return_sequences": 1, **held}  # records written before --votes existed: one answer each
+    if (held.get("references") is None) != (record.get("references") is None):  # said whole, not field by field
+        held, record = ({**r, "references": "none" if r.get("references") is None else "from a file"}
+                        for r in (held, record))
     if changes := dataset.settings_changes(held, record):
         changes = [c.replace("num_return_sequences", "votes", 1) for c in changes]  # as the option says it
         raise UserError(f"{output} holds {answered} answer(s) made with other settings: {', '.join(changes[:4])}; "
@@ -242,15 +248,16 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
     if output.resolve() == input_path.resolve():
         raise UserError("the output would overwrite the input file; choose another --output")
     _check_output(output, items)  # what must not be replaced is refused before any lock file
+    passages = retrieve.for_items(items, settings.references)  # a bad file is said before the model loads
     # One run per output: a second would remove this one's temporary files and write its answers over ours.
     with exclusive(dataset.lock_path(output), str(output), "wait for it to finish, or choose another --output"):
         held = _check_output(output, items)  # again: a run that just ended may have added answers
         dataset.drop_leftovers(output)
-        return _answer(input_path, items, output, held, model_path, params, settings)
+        return _answer(input_path, items, output, held, model_path, params, settings, passages)
 
 
 def _answer(input_path: Path, items: list[dict], output: Path, held, model_path: Path, params: SamplingParams,
-            settings: InferSettings) -> InferResult:
+            settings: InferSettings, passages: dict[str, list[retrieve.Reference]]) -> InferResult:
     """Load the model, prompt, generate and write, the output's lock held."""
     previous = dataset.previous_answers(held, items) if settings.resume and not settings.dry_run else {}
     if settings.dry_run and dataset.holds_answers(held):
@@ -270,10 +277,11 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
         rendered: dict[str, str] = {}
         token_ids: dict[str, list[int]] = {}
         for item in items:
-            messages = build_messages(item["input"], settings.prompts)
+            key = dataset.item_key(item)
+            norms = [r.render(settings.references.max_chars) for r in passages.get(key, [])]
+            messages = build_messages(item["input"], settings.prompts, norms)
             if fold:
                 messages = chat_template.fold_system(messages)
-            key = dataset.item_key(item)
             rendered[key] = template.render(messages)
             token_ids[key] = engine.tokenize(rendered[key])
             if not token_ids[key]:
@@ -312,11 +320,14 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
             console.err.print(placed.describe())
         result = InferResult(output, model_path, engine.info, n_ctx, len(items), resumed=len(previous),
                              parallel=parallel, lora=settings.engine.lora, lora_scale=settings.engine.lora_scale,
-                             votes=votes)
+                             votes=votes, references=settings.references)
         _print_header(result)
 
         if settings.dry_run:
             outputs = {k: {"prompt": rendered[k], "prompt_tokens": len(token_ids[k])} for k in rendered}
+            if settings.references.path:  # which passages each question got, to check the retrieval
+                for k, refs in passages.items():
+                    outputs[k]["references"] = [r.title or r.text[:60] for r in refs]
             dataset.write_output(output, items, outputs)
             return result
 
@@ -405,6 +416,9 @@ def _print_header(r: InferResult) -> None:
                       f"{info.layers_offloaded}/{info.layers_total} layers on the GPU, backend {info.backend}")
     if r.lora is not None:
         console.err.print(f"lora     {r.lora} (scale {r.lora_scale:g})")
+    if r.references.path is not None:
+        console.err.print(f"norms    up to {r.references.count} passages per question from {r.references.path} "
+                          f"(at most {r.references.max_chars} characters each)")
     console.err.print(f"context  {r.n_ctx} tokens (trained {info.n_ctx_train}), {r.parallel} sequence(s) at a time")
     votes = f", {r.votes} votes each" if r.votes > 1 else ""
     console.err.print(f"items    {r.items} ({r.resumed} already answered in {r.output}){votes}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -95,10 +96,18 @@ def load_prompt_file(path: Path, base: PromptSet = PromptSet()) -> PromptSet:
     return replace(base, **changes)
 
 
-def user_message(item_input: dict, prompts: PromptSet) -> str:
-    """Instruction for the type + other input fields as 기타 정보 + the question under [질문]."""
+# The passages retrieve.py found for the question; it can miss, hence "may".
+REFERENCES_HEADING = "[참고 규범]\n질문과 관련이 있을 수 있는 어문 규범입니다. 이유를 설명할 때 근거로 삼으십시오."
+
+
+def user_message(item_input: dict, prompts: PromptSet, references: Sequence[str] = ()) -> str:
+    """Instruction for the type + the norms retrieved for it under [참고 규범] + other input fields
+    as 기타 정보 + the question under [질문]. The instruction comes first so that a type's
+    questions still share their head (evaluated once in a batched run)."""
     qtype = str(item_input.get("question_type", ""))
     parts = [prompts.instruction(qtype)]
+    if references:
+        parts.append(REFERENCES_HEADING + "\n" + "\n".join(references))
     extra = {k: v for k, v in item_input.items() if k not in ("question_type", "question")}
     if extra:
         lines = [f"- {k}: {v if isinstance(v, str) else _compact(v)}" for k, v in extra.items()]
@@ -111,11 +120,11 @@ def _compact(value) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def build_messages(item_input: dict, prompts: PromptSet) -> list[dict[str, str]]:
+def build_messages(item_input: dict, prompts: PromptSet, references: Sequence[str] = ()) -> list[dict[str, str]]:
     messages = []
     if prompts.system:
         messages.append({"role": "system", "content": prompts.system})
-    messages.append({"role": "user", "content": user_message(item_input, prompts)})
+    messages.append({"role": "user", "content": user_message(item_input, prompts, references)})
     return messages
 
 

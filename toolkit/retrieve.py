@@ -1,0 +1,185 @@
+"""Stage: the norms a question needs, from the task's reference document (RAG).
+
+The 2025 task ("한국어 어문 규범 기반 생성(RAG)") gives a reference document of the norms
+(한글 맞춤법, 표준어 규정, 띄어쓰기, 문장 부호, 외래어 표기법 …), one passage per rule under a
+title like `<띄어쓰기 - 한글 맞춤법 제42항>`. Each question gets the passages that best match it,
+by BM25 over Korean morphemes (kiwipiepy, offline, as `score` uses) and the question's own
+spellings, so that `{할 수/할수}` finds the rule whose examples write it. Off unless asked for: the
+seed baseline's prompts have no references.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from .dataset import read_text
+from .errors import InvalidInput
+from .fsutil import sha256_file
+
+# Titles as the reference document writes them: `<분야 - 규정 제N항>`, wrapped over lines where a
+# PDF's text extraction broke them. The " - " tells them from a `<…>` inside a rule's examples.
+_TITLE = re.compile(r"<([^<>\n]{1,80}?\s[-–]\s[^<>]{1,120}?)>")
+_HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", re.M)  # a Markdown file of rules
+_QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”")
+_SYMBOL_TAGS = ("SF", "SP", "SS", "SSO", "SSC", "SE", "SO", "SW", "SB", "W_")
+
+DEFAULT_COUNT = 3  # passages per question
+DEFAULT_CHARS = 1000  # of each passage: the longest rules (쉼표, 외래어 표 …) run to several thousand
+
+
+@dataclass(frozen=True)
+class Reference:
+    title: str  # "" where the file gives none
+    text: str
+
+    def render(self, max_chars: int) -> str:
+        text = self.text if len(self.text) <= max_chars else _cut(self.text, max_chars)
+        return f"<{self.title}> {text}" if self.title else text
+
+
+@dataclass(frozen=True)
+class RetrievalSettings:
+    path: Path | None = None  # None: no references (the seed's prompts)
+    count: int = DEFAULT_COUNT
+    max_chars: int = DEFAULT_CHARS
+
+    def record(self) -> dict | None:
+        """What decides the prompts: the file's content, not its name."""
+        if self.path is None:
+            return None
+        return {"sha256": sha256_file(self.path), "count": self.count, "max_chars": self.max_chars}
+
+
+def _cut(text: str, max_chars: int) -> str:
+    """At the last space inside max_chars (a word is not split), with an ellipsis."""
+    head = text[:max_chars]
+    space = head.rfind(" ")
+    return (head[:space] if space > max_chars // 2 else head).rstrip() + " …"
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())  # a PDF's line breaks fall mid-sentence
+
+
+def parse_references(text: str) -> list[Reference]:
+    """Passages of a text file: under `<… - …>` titles, else under Markdown headings, else one per
+    paragraph (blank lines between)."""
+    for pattern in (_TITLE, _HEADING):
+        marks = list(pattern.finditer(text))
+        if marks:
+            refs = []
+            for mark, following in zip(marks, marks[1:] + [None]):
+                body = text[mark.end():following.start() if following else len(text)]
+                if _flat(body):
+                    refs.append(Reference(_flat(mark.group(1)), _flat(body)))
+            return refs
+    return [Reference("", _flat(p)) for p in re.split(r"\n\s*\n", text) if _flat(p)]
+
+
+def _from_json(data, path: Path) -> list[Reference]:
+    if isinstance(data, dict):  # {title: text}
+        data = [{"title": k, "text": v} for k, v in data.items()]
+    if not isinstance(data, list):
+        raise InvalidInput(f"{path}: expected a list of passages (texts or {{title, text}} objects)")
+    refs = []
+    for n, entry in enumerate(data, 1):
+        if isinstance(entry, str):
+            entry = {"text": entry}
+        if not isinstance(entry, dict):
+            raise InvalidInput(f"{path}: passage {n} is neither text nor an object")
+        body = entry.get("text", entry.get("content"))
+        if not isinstance(body, str):
+            raise InvalidInput(f"{path}: passage {n} has no 'text'")
+        title = entry.get("title", "")
+        if not isinstance(title, str):
+            raise InvalidInput(f"{path}: passage {n}: 'title' must be text")
+        if _flat(body):
+            refs.append(Reference(_flat(title), _flat(body)))
+    return refs
+
+
+def load_references(path: Path) -> list[Reference]:
+    """A text or Markdown file (the reference document as text), a JSON list or object, or JSONL."""
+    text = read_text(path, "references file")
+    suffix = Path(path).suffix.lower()
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InvalidInput(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        refs = _from_json(data, path)
+    elif suffix == ".jsonl":
+        data = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    data.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise InvalidInput(f"{path}: line {n} is not valid JSON ({e.msg})") from None
+        refs = _from_json(data, path)
+    elif suffix == ".pdf" or text.startswith("%PDF"):
+        raise InvalidInput(f"{path}: a PDF; extract its text first (pdftotext -layout {path.name} refs.txt)")
+    else:
+        refs = parse_references(text)
+    if not refs:
+        raise InvalidInput(f"{path}: no passages in it")
+    return refs
+
+
+def query_of(question: str) -> str:
+    """The quoted sentence(s) of a question, where it quotes: the rest ("가운데 올바른 것을 선택하고,
+    그 이유를 설명하세요.") is the same in every question and would only match noise."""
+    quoted = [a or b for a, b in _QUOTED.findall(question)]
+    return " ".join(quoted) if quoted else question
+
+
+class Retriever:
+    """Okapi BM25 (k1 1.2, b 0.75) over kiwipiepy morphemes and whitespace words."""
+
+    K1, B = 1.2, 0.75
+
+    def __init__(self, references: list[Reference]) -> None:
+        from kiwipiepy import Kiwi
+
+        self._kiwi = Kiwi()
+        self.references = references
+        self._docs = [Counter(self.terms(f"{r.title} {r.text}")) for r in references]
+        self._lengths = [sum(d.values()) for d in self._docs]
+        self._avg = sum(self._lengths) / len(self._lengths) or 1.0
+        df = Counter(t for d in self._docs for t in d)
+        n = len(self._docs)
+        self._idf = {t: math.log((n - f + 0.5) / (f + 0.5) + 1) for t, f in df.items()}
+
+    def terms(self, text: str) -> list[str]:
+        """Morphemes (particles and endings too: many norms are about them), and each word as
+        written, its punctuation stripped: spellings like 할께 or 몇 일 are what a rule quotes."""
+        morphemes = [t.form for t in self._kiwi.tokenize(text) if not t.tag.startswith(_SYMBOL_TAGS)]
+        return morphemes + [f"#{w}" for w in re.findall(r"\w+", text)]  # {A/B}: both spellings
+
+    def search(self, query: str, count: int) -> list[Reference]:
+        """The `count` best passages that share a term with the query, best first (ties: file order)."""
+        terms = set(self.terms(query))
+        scores = []
+        for n, (doc, length) in enumerate(zip(self._docs, self._lengths)):
+            s = 0.0
+            for term in terms:
+                f = doc.get(term)
+                if f:
+                    norm = f * (self.K1 + 1) / (f + self.K1 * (1 - self.B + self.B * length / self._avg))
+                    s += self._idf[term] * norm
+            if s > 0:
+                scores.append((-s, n))
+        return [self.references[n] for _, n in sorted(scores)[:count]]
+
+
+def for_items(items: list[dict], settings: RetrievalSettings) -> dict[str, list[Reference]]:
+    """Each item's passages, by id (none without a references file)."""
+    if settings.path is None:
+        return {}
+    retriever = Retriever(load_references(settings.path))
+    return {str(i["id"]): retriever.search(query_of(i["input"]["question"]), settings.count) for i in items}
