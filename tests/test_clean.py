@@ -1,6 +1,6 @@
 import pytest
 
-from toolkit.clean import clean_answer, has_answer_form, strip_thinking
+from toolkit.clean import clean_answer, strip_thinking
 
 ANSWER = '"장마가 며칠 동안 이어졌다."가 옳다. \'몇 일\'이 아니라 \'며칠\'로 적는다.'
 
@@ -26,6 +26,8 @@ def test_think_block_is_removed():
 
 def test_unclosed_or_half_think_tags():
     assert strip_thinking("이유를 생각하면 </think>" + ANSWER) == ANSWER
+    assert clean_answer(ANSWER + "</think>") == ANSWER  # a stray closing tag after the answer takes nothing
+    assert clean_answer("<think>생각</think>" + ANSWER + "\n</think>\n") == ANSWER
     assert clean_answer(ANSWER + "\n<think>남은 생각이 잘렸") == ANSWER
 
 
@@ -39,12 +41,3 @@ def test_special_tokens_are_removed():
 def test_surrounding_whitespace_goes_and_the_rest_is_verbatim():
     body = ANSWER + "\n\n둘째 줄도   그대로 둔다."
     assert clean_answer("\n  " + body + "  \n") == body
-
-
-def test_answer_form():
-    assert has_answer_form(ANSWER)
-    assert has_answer_form('"동생은 어제 도서관에 갔대." 가 옳다.')
-    assert has_answer_form('“오늘은 왠지 기분이 좋다.”가 옳다.')
-    assert has_answer_form('"설렘"이 옳다.')
-    assert not has_answer_form("며칠이 맞습니다.")
-    assert not has_answer_form("")

@@ -76,7 +76,8 @@ def test_the_query_is_what_the_question_quotes():
     q = '"장마가 {몇 일/며칠} 동안 이어졌다." 가운데 올바른 것을 선택하고, 그 이유를 설명하세요.'
     assert query_of(q) == "장마가 {몇 일/며칠} 동안 이어졌다."
     assert query_of("다음 문장을 고치세요.\n“발표 자료는 내가 정리할께.”") == "발표 자료는 내가 정리할께."
-    assert query_of("'깨끗이'와 '깨끗히' 가운데 표준 표기는?") == "'깨끗이'와 '깨끗히' 가운데 표준 표기는?"
+    assert query_of("'깨끗이'와 '깨끗히' 가운데 표준 표기는?") == "깨끗이 깨끗히"  # the words it asks about
+    assert query_of("띄어쓰기가 바른 것은?") == "띄어쓰기가 바른 것은?"
 
 
 # What each bundled sample question is about, in our own reference file (12 passages, 8 relevant).
@@ -90,11 +91,14 @@ def test_each_sample_question_gets_its_norm_first():
     items = json.loads(demo.samples_path().read_text(encoding="utf-8"))
     found = for_items(items, RetrievalSettings(REFS, count=2))
     assert {k: refs[0].title for k, refs in found.items()} == EXPECTED
-    assert all(len(refs) == 2 and refs[0] != refs[1] for refs in found.values())
+    assert all(1 <= len(refs) <= 2 and len(set(refs)) == len(refs) for refs in found.values())
+    assert len(found["s1"]) == 2
 
 
 def test_only_passages_sharing_a_term_and_no_more_than_asked(sample_retriever):
     assert sample_retriever.search("xyzzy", 3) == []
+    # Terms in more than a tenth of the passages (here: more than 2 of 12) tell nothing apart.
+    assert sample_retriever.search("는다", 3) == []
     assert len(sample_retriever.search("할 수 있다", 1)) == 1
     # The spelling as written counts, not only its morphemes: 할께 is quoted by one rule only.
     assert sample_retriever.search("할께", 5)[0].title == "한글 맞춤법 - 된소리로 나는 어미"

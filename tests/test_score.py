@@ -6,7 +6,7 @@ import pytest
 
 from conftest import run_cli
 from toolkit import demo
-from toolkit.score import Rouge1, exact_match, final_score, score, split_answer
+from toolkit.score import Rouge1, exact_match, final_score, has_answer_form, score, split_answer
 
 GOLD = '"장마가 며칠 동안 이어졌다."가 옳다. 사과 배 감 귤'
 
@@ -36,6 +36,31 @@ def test_gold_alternatives_match_either():
     assert exact_match('"오늘은 왠지 추웠다."가 옳다.', gold) == 1.0
     assert exact_match('"오늘은 웬지 춥다."가 옳다.', gold) == 0.0
     assert exact_match('"A" 또는 "B"가 옳다.', '"B" 또는 "A"가 옳다.') == 0.0  # the prediction must pick one
+
+
+def test_gold_sentences_with_quotes_inside_match_themselves():
+    """Quotes of another kind inside the sentence, around 또는/혹은, are part of it, not alternatives."""
+    for gold in ('"그는 \'사과\' 또는 \'배\'를 골랐다."가 옳다. 이유.', '"\'다르다\' 혹은 \'틀리다\'를 가려 쓴다."가 옳다.'):
+        assert exact_match(gold, gold) == 1.0
+    three = '"하나다.", "둘이다." 혹은 "셋이다."가 옳다.'
+    assert all(exact_match(f'"{s}"가 옳다.', three) == 1.0 for s in ("하나다.", "둘이다.", "셋이다."))
+    assert exact_match('"넷이다."가 옳다.', three) == 0.0
+
+
+def test_the_form_ends_at_a_word():
+    assert split_answer("이 문장이 옳다고 보기는 어렵다.").sentence is None
+    assert split_answer('"A"가 옳다는 견해도 있다. 그러나 "B"가 옳다. 이유.').reason == "이유."
+
+
+def test_answer_form():
+    """What the summary counts: a quoted sentence declared correct, at the start, as exact match reads it."""
+    assert has_answer_form(GOLD)
+    assert has_answer_form('"동생은 어제 도서관에 갔대." 가 옳다.')
+    assert has_answer_form('“오늘은 왠지 기분이 좋다.”가 옳다.')
+    assert has_answer_form('"설렘"이 옳다.')
+    for lacking in ("며칠이 맞습니다.", "", '정답: "A"가 옳다.', '**"A"가 옳다.** 이유', "이 답이 옳다고 본다."):
+        assert not has_answer_form(lacking), lacking
+        assert exact_match(lacking, '"A"가 옳다.') == 0.0
 
 
 def test_split_answer():
@@ -141,6 +166,7 @@ def test_cli_json(pair, tmp_path):
     (lambda p, g: [p[0], p[0], p[2]], "duplicate id"),
     (lambda p, g: [p[0], p[1], {**p[2], "id": "9"}], "id '9' is not in"),
     (lambda p, g: [p[0], p[1], {"id": "2", "input": {}}], "has no output.answer"),
+    (lambda p, g: [p[0], p[1], {**p[2], "id": 2}], "id 2 is '2' in"),  # the official evaluator's lookup
 ])
 def test_checks_like_the_official_evaluator(pair, change, match):
     pred_path, gold_path = pair

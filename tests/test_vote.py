@@ -51,6 +51,9 @@ def test_ties_go_to_the_earlier_answer():
     assert choose(['"B"가 옳다.', '"A"가 옳다.', '"A"가 옳다.', '"B"가 옳다.'], words).index == 0
     assert medoid(["같다", "같다", "같다"], words) == 0
     assert medoid(["하나", "둘"], words) == 0  # two texts: symmetric, the first
+    # Totals equal on paper (0.6 and 0.6) but summed in another order: still the first.
+    table = {(0, 1): .3, (0, 2): .2, (0, 3): .1, (1, 2): 0, (1, 3): .2, (2, 3): .3}
+    assert medoid(["0", "1", "2", "3"], lambda a, b: table[min(int(a), int(b)), max(int(a), int(b))]) == 0
 
 
 def test_answers_without_the_form_count_only_when_none_has_it():
@@ -59,6 +62,9 @@ def test_answers_without_the_form_count_only_when_none_has_it():
     assert (choice.index, choice.agreeing, choice.total) == (2, 1, 3)
     choice = choose(["정답은 없다 그렇다", "정답은 그렇다", "딴소리"], words)
     assert (choice.index, choice.agreeing) == (0, 0)
+    # "옳다고" declares nothing: a hedge listed first does not win over a real answer.
+    choice = choose(["이 문장이 옳다고 보기는 어렵다.", '"나뭇잎이 떨어진다."가 옳다. 한 낱말이다.'], words)
+    assert (choice.index, choice.agreeing) == (1, 1)
 
 
 def test_one_answer_is_kept_as_it_is():

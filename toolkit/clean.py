@@ -15,8 +15,9 @@ _SPECIAL = re.compile(r"<\|[A-Za-z0-9_]+\|>|</?s>|<(?:start|end)_of_turn>|<eos>|
 def strip_thinking(text: str) -> str:
     """Remove <think>…</think> blocks; an unclosed one (cut off) takes the rest with it."""
     text = _THINK_BLOCK.sub("", text)
-    if "</think>" in text:  # the opening tag was in the prompt
-        text = text.split("</think>", 1)[1]
+    if "</think>" in text:  # the opening tag was in the prompt; or a stray one after the answer
+        before, after = text.split("</think>", 1)
+        text = after if after.strip() else before
     if "<think>" in text:
         text = text.split("<think>", 1)[0]
     return text
@@ -34,11 +35,3 @@ def clean_answer(text: str, special_tokens: Iterable[str] = ()) -> str:
             text = text[len(prefix):]
             break
     return text.strip()
-
-
-ANSWER_FORM = re.compile(r"[\"“”'‘’][^\n]*?[\"“”'‘’]\s*[가이]\s*옳다")
-
-
-def has_answer_form(answer: str) -> bool:
-    """True when the answer states its choice as `"…"가 옳다` (or 이 옳다)."""
-    return bool(ANSWER_FORM.search(answer))

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import chat_template, console, dataset, embedded, gguf, manifest, retrieve
-from .clean import clean_answer, has_answer_form
+from .clean import clean_answer
 from .engine import Engine, EngineSettings, Generation, LoadInfo
 from .errors import ModelNotFound, OutputExists, UserError
 from .fit import KV_PAD, round_up
@@ -21,7 +21,7 @@ from .fsutil import exclusive, sha256_file
 from .parallel import ParallelDecoder, Request, kv_cells, shared_prefixes
 from .prompts import CORRECTION, SELECTION, PromptSet, build_messages, warn_unknown_types
 from .sampler import Sampler, SamplingParams, item_seed
-from .score import Rouge1
+from .score import Rouge1, has_answer_form
 from .vote import VOTE_RECORD, Choice, choose
 
 

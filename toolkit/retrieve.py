@@ -26,7 +26,12 @@ from .fsutil import sha256_file
 _TITLE = re.compile(r"<([^<>\n]{1,80}?\s[-–]\s[^<>]{1,120}?)>")
 _HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", re.M)  # a Markdown file of rules
 _QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”")
+_SINGLE_QUOTED = re.compile(r"'([^'\n]+)'|‘([^’\n]+)’")
 _SYMBOL_TAGS = ("SF", "SP", "SS", "SSO", "SSC", "SE", "SO", "SW", "SB", "W_")
+
+_FINALS = "ᆨᆩᆪᆫᆬᆭᆮᆯᆰᆱᆲᆳᆴᆵᆶᆷᆸᆹᆺᆻᆼᆽᆾᆿᇀᇁᇂ"
+_LETTERS = "ㄱㄲㄳㄴㄵㄶㄷㄹㄺㄻㄼㄽㄾㄿㅀㅁㅂㅄㅅㅆㅇㅈㅊㅋㅌㅍㅎ"
+_FINAL_TO_LETTER = str.maketrans(_FINALS, _LETTERS)
 
 DEFAULT_COUNT = 3  # passages per question
 DEFAULT_CHARS = 1000  # of each passage: the longest rules (쉼표, 외래어 표 …) run to several thousand
@@ -134,14 +139,18 @@ def load_references(path: Path) -> list[Reference]:
 def query_of(question: str) -> str:
     """The quoted sentence(s) of a question, where it quotes: the rest ("가운데 올바른 것을 선택하고,
     그 이유를 설명하세요.") is the same in every question and would only match noise."""
-    quoted = [a or b for a, b in _QUOTED.findall(question)]
-    return " ".join(quoted) if quoted else question
+    for pattern in _QUOTED, _SINGLE_QUOTED:  # '깨끗이'와 '깨끗히' 가운데 …: the words it asks about
+        quoted = [a or b for a, b in pattern.findall(question)]
+        if quoted:
+            return " ".join(quoted)
+    return question
 
 
 class Retriever:
     """Okapi BM25 (k1 1.2, b 0.75) over kiwipiepy morphemes and whitespace words."""
 
     K1, B = 1.2, 0.75
+    COMMON = 0.1  # share of the passages above which a term is too common to tell them apart
 
     def __init__(self, references: list[Reference]) -> None:
         from kiwipiepy import Kiwi
@@ -153,13 +162,18 @@ class Retriever:
         self._avg = sum(self._lengths) / len(self._lengths) or 1.0
         df = Counter(t for d in self._docs for t in d)
         n = len(self._docs)
-        self._idf = {t: math.log((n - f + 0.5) / (f + 0.5) + 1) for t, f in df.items()}
+        # Terms in many passages (particles, 하다, 것 …) only add noise that favours the long
+        # rules full of example sentences (문장 부호): they count for nothing.
+        common = max(2, n * self.COMMON)
+        self._idf = {t: math.log((n - f + 0.5) / (f + 0.5) + 1) if f <= common else 0.0 for t, f in df.items()}
 
     def terms(self, text: str) -> list[str]:
         """Morphemes (particles and endings too: many norms are about them), and each word as
         written, its punctuation stripped: spellings like 할께 or 몇 일 are what a rule quotes."""
         morphemes = [t.form for t in self._kiwi.tokenize(text) if not t.tag.startswith(_SYMBOL_TAGS)]
-        return morphemes + [f"#{w}" for w in re.findall(r"\w+", text)]  # {A/B}: both spellings
+        words = re.findall(r"\w+", text)  # {A/B}: both spellings
+        # Kiwi writes an ending's consonant as a final jamo (ᆯ께), the norms as a letter (-(으)ㄹ께).
+        return [t.translate(_FINAL_TO_LETTER) for t in morphemes + words]
 
     def search(self, query: str, count: int) -> list[Reference]:
         """The `count` best passages that share a term with the query, best first (ties: file order)."""

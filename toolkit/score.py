@@ -30,9 +30,9 @@ from .dataset import answer_of, read_json
 from .errors import InvalidInput, UserError
 
 _QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"', "″": '"', "‘": "'", "’": "'", "`": "'"})
-_FORM_AFTER = {q: re.compile(rf"(?<={q})\s*[가이]\s*옳다\.?") for q in "\"'"}  # after a closing quote
-_FORM = re.compile(r"\s*[가이]\s*옳다\.?")
-_ALTERNATIVES = re.compile(r"(?<=[\"'])\s*(?:혹은|또는)\s*(?=[\"'])")
+# 옳다 ends a word: "…이 옳다고 보기 어렵다" declares nothing.
+_FORM_AFTER = {q: re.compile(rf"(?<={q})\s*[가이]\s*옳다(?![가-힣])\.?") for q in "\"'"}  # after a closing quote
+_FORM = re.compile(r"\s*[가이]\s*옳다(?![가-힣])\.?")
 
 _NOT_ROUGE_CHAR = re.compile(r"[^A-Za-z0-9가-힣]")
 ROUGE_WORD_LIMIT = 1000
@@ -46,6 +46,12 @@ BLEURT_REPO = "Elron/bleurt-base-512"  # a BLEURT port loadable by transformers
 class SplitAnswer:
     sentence: str | None  # None: the answer does not use the form
     reason: str
+
+    @property
+    def quoted(self) -> bool:
+        """The declared sentence is in quotes, as the task's answers write it (`"…"가 옳다`)."""
+        s = self.sentence
+        return s is not None and len(s) >= 2 and s[0] == s[-1] and s[0] in "\"'"
 
 
 def _normalize(text: str) -> str:
@@ -70,7 +76,22 @@ def split_answer(answer: str) -> SplitAnswer:
 
 
 def gold_sentences(sentence: str) -> set[str]:
-    return {_unquote(part) for part in _ALTERNATIVES.split(sentence)}
+    """The sentence, and where it lists quoted alternatives (`"A" 혹은 "B"`, `"A", "B" 또는 "C"`), each
+    of them. Quotes of another kind inside one sentence (`"그는 '사과' 또는 '배'를 골랐다."`) are its own."""
+    sentence = sentence.strip()
+    targets = {_unquote(sentence)}
+    q = sentence[:1]
+    if q in "\"'":
+        parts = re.split(rf"(?<={q})\s*(?:,|혹은|또는)\s*(?={q})", sentence)
+        if len(parts) > 1 and all(len(p) >= 2 and p[0] == p[-1] == q for p in parts):
+            targets |= {_unquote(p) for p in parts}
+    return targets
+
+
+def has_answer_form(answer: str) -> bool:
+    """The answer opens with a quoted sentence declared correct (`"…"가 옳다`, or 이 옳다): what exact
+    match reads. `정답: "…"가 옳다` or a bold `**"…"가 옳다**` does not, and scores 0."""
+    return split_answer(answer).quoted
 
 
 def answer_sentence(answer: str) -> str | None:
@@ -245,6 +266,13 @@ def score(pred_path: Path, gold_path: Path, bertscore_model: Path | None = None,
     missing = [str(p["id"]) for p in preds if str(p["id"]) not in gold_by_id]
     if missing:
         raise InvalidInput(f"{pred_path}: id {missing[0]!r} is not in {gold_path} ({len(missing)} such ids)")
+    # The official evaluator looks ids up as written: 1 and "1" are different ids there.
+    retyped = [(p["id"], gold_by_id[str(p["id"])]["id"]) for p in preds
+               if type(p["id"]) is not type(gold_by_id[str(p["id"])]["id"])]
+    if retyped:
+        ours, theirs = retyped[0]
+        raise InvalidInput(f"{pred_path}: id {ours!r} is {theirs!r} in {gold_path} ({len(retyped)} such ids); the "
+                           "official evaluator compares ids as written and would reject the file")
     pairs = [(p["output"]["answer"], gold_by_id[str(p["id"])]) for p in preds]
     pred_reasons = [split_answer(a).reason for a, _ in pairs]
     gold_reasons = [split_answer(g["output"]["answer"]).reason for _, g in pairs]

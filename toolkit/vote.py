@@ -40,7 +40,7 @@ def choose(answers: Sequence[str], similarity: Similarity) -> Choice:
         raise ValueError("no answers to choose from")
     groups: dict[str, list[int]] = {}
     for i, answer in enumerate(answers):
-        sentence = answer_sentence(answer)
+        sentence = answer_sentence(answer)  # as exact match reads it: quoted or not
         if sentence is not None:
             groups.setdefault(sentence, []).append(i)
     if groups:  # dicts keep insertion order, and max keeps the first of equals: ties go to the earlier answer
@@ -63,7 +63,8 @@ def medoid(texts: Sequence[str], similarity: Similarity) -> int:
             s = similarity(texts[i], texts[j])
             totals[i] += s
             totals[j] += s
-    return max(range(len(texts)), key=lambda i: (totals[i], -i))
+    # Rounded: sums of the same terms in another order can differ in the last bit.
+    return max(range(len(texts)), key=lambda i: (round(totals[i], 9), -i))
 
 
 # -- the `vote` verb: answers files of several runs (models, seeds, prompts) → one ---------------
