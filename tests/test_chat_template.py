@@ -118,3 +118,22 @@ def test_sandbox_refuses_unsafe_templates():
     template = ChatTemplate("{{ messages.__class__.__mro__ }}")
     with pytest.raises(Exception):
         template.render(MESSAGES)
+
+
+def test_a_template_file_is_read_as_other_text_files(tmp_path):
+    """A byte-order mark would otherwise open every prompt with U+FEFF; other encodings are said."""
+    bom = tmp_path / "bom.jinja"
+    bom.write_text("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}", encoding="utf-8-sig")
+    assert load(None, {}, bom, "x").render([{"role": "user", "content": "질문"}]) == "<user>질문"
+    latin = tmp_path / "latin.jinja"
+    latin.write_bytes("{{ '질문' }}".encode("euc-kr"))
+    with pytest.raises(UserError, match="latin.jinja: not UTF-8 text"):
+        load(None, {}, latin, "x")
+
+
+def test_a_template_that_breaks_on_a_system_message_folds_it():
+    """A TypeError is a failed render too (render() says so), not an internal error."""
+    template = ChatTemplate("{% if messages[0].role == 'system' %}{{ none_value | list }}{% endif %}"
+                            "{% for m in messages %}{{ m.content }}{% endfor %}", {"none_value": None})
+    assert not template.accepts_system()
+    assert template.render(fold_system([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}])) == "s\n\nu"

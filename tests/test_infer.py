@@ -129,14 +129,21 @@ def test_votes_keep_the_majority_of_the_answers_successive_seeds_give(tmp_path):
         infer(few, settings(output=tmp_path / "g.json", sampling=replace(voting, do_sample=False)))
 
 
-def test_resume_records_from_before_votes_and_from_toolkit_vote(embedded_run, tmp_path):
+def test_resume_records_from_before_votes_and_other_fields_and_from_toolkit_vote(embedded_run, tmp_path):
     _, first = embedded_run
     out = tmp_path / "old.json"
     shutil.copy(first, out)
     record = json.loads(dataset.settings_path(first).read_text(encoding="utf-8"))
-    del record["num_return_sequences"]
+    for newer in ("num_return_sequences", "cache_type", "batch_invariant", "references"):  # kept since
+        del record[newer]
     dataset.settings_path(out).write_text(json.dumps(record), encoding="utf-8")
     assert infer(SAMPLES, settings(output=out)).resumed == 8
+    # The KV cache's type and the kernels change the numbers, so the tokens: not resumed across them.
+    before = out.read_bytes()
+    with pytest.raises(UserError, match=r"other settings: batch_invariant False \(now True\), cache_type f16 "
+                                        r"\(now q8_0\)"):
+        infer(SAMPLES, settings(output=out, engine=EngineSettings(cache_type="q8_0", batch_invariant=True)))
+    assert out.read_bytes() == before
     # Answers `toolkit vote` chose are nobody's run: not resumed as this one's.
     other = tmp_path / "other.json"
     shutil.copy(first, other)

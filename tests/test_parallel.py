@@ -110,6 +110,23 @@ def test_resume_with_parallel(questions, sampled, tmp_path, invariant):
         assert answers(resumed) == answers(full)
 
 
+def test_a_batch_invariant_resume_cuts_prompts_as_the_first_run(questions, tmp_path):
+    """One question of a type left to answer: it keeps the head its type shared in the first run
+    (heads come from the whole file), so its prompt is evaluated in the same pieces and the
+    answer is the one the uninterrupted run gave."""
+    engine = EngineSettings(batch_invariant=True)
+    greedy = SamplingParams(max_new_tokens=16, do_sample=False)
+    made, full = run(questions, tmp_path / "full.json", 4, engine=engine, sampling=greedy)
+    partial = tmp_path / "partial.json"
+    data = [dict(d) for d in full]
+    data[3].pop("output")  # p4, one of four 단답형 questions
+    partial.write_text(json.dumps(data, ensure_ascii=False, indent=4), encoding="utf-8")
+    shutil.copy(dataset.settings_path(made.output), dataset.settings_path(partial))
+    result, resumed = run(questions, partial, 4, resume=True, engine=engine, sampling=greedy)
+    assert (result.resumed, result.generated) == (15, 1)
+    assert answers(resumed) == answers(full)
+
+
 def test_kill_and_resume_with_parallel(questions, tmp_path):
     out = tmp_path / "k.json"
     prompts = tmp_path / "p.toml"

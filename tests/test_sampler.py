@@ -161,3 +161,15 @@ def test_nan_scores_are_a_damaged_model_not_a_crash():
     logits[7] = np.nan
     with pytest.raises(InvalidGGUF, match="NaN"):
         Sampler(SamplingParams(), [1], VOCAB, 0).sample(logits)
+
+
+@pytest.mark.parametrize("do_sample", [True, False])
+def test_an_infinite_score_is_a_damaged_model_too(do_sample):
+    """+inf would turn the softmax into NaNs and sample the vocabulary's last candidate, silently."""
+    logits = fixed_logits(5)
+    logits[7] = np.inf
+    with pytest.raises(InvalidGGUF, match="NaN or infinite"):
+        Sampler(SamplingParams(do_sample=do_sample), [1], VOCAB, 0).sample(logits)
+    masked = fixed_logits(5)
+    masked[7] = -np.inf  # a masked token is fine
+    assert Sampler(SamplingParams(), [1], VOCAB, 0).sample(masked) != 7

@@ -19,6 +19,7 @@ from jinja2 import nodes
 from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .dataset import read_text
 from .errors import NoChatTemplate, UserError
 
 
@@ -81,7 +82,7 @@ class ChatTemplate:
         try:
             self._render([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}])
             return True
-        except jinja2.exceptions.TemplateError:
+        except (jinja2.exceptions.TemplateError, TypeError, ValueError):  # as render() counts failures
             return False
 
 
@@ -99,11 +100,8 @@ def fold_system(messages: list[dict]) -> list[dict]:
 
 def load(gguf_template: str | None, special_tokens: dict[str, str], override: Path | None,
          model_name: str) -> ChatTemplate:
-    if override is not None:
-        try:
-            return ChatTemplate(Path(override).read_text(encoding="utf-8"), special_tokens, origin=str(override))
-        except OSError as e:
-            raise UserError(f"cannot read chat template {override}: {e.strerror}") from None
+    if override is not None:  # a byte-order mark (Windows editors) dropped; not UTF-8 said so
+        return ChatTemplate(read_text(Path(override), "chat template"), special_tokens, origin=str(override))
     if not gguf_template:
         raise NoChatTemplate(
             f"{model_name} has no chat template (tokenizer.chat_template); a base model? "

@@ -186,6 +186,8 @@ def settings_record(settings: InferSettings, params: SamplingParams, model: Path
         "lora_bytes": lora.stat().st_size if lora else None,
         "lora_sha256": manifest.recorded_sha256(lora) if lora else None,
         "lora_scale": settings.engine.lora_scale if lora else None,
+        # Other numbers, other tokens: a q8_0 KV cache, or the batch-invariant kernels on the CPU.
+        "cache_type": settings.engine.cache_type, "batch_invariant": settings.engine.batch_invariant,
         **asdict(params),
         "prompts": asdict(settings.prompts),
         "references": settings.references.record(),
@@ -210,7 +212,8 @@ def _check_resume(output: Path, answered: int, record: dict) -> None:
     if VOTE_RECORD in held:
         raise UserError(f"{output} holds answers toolkit vote chose among {', '.join(held[VOTE_RECORD])}; "
                         "choose another --output, or --no-resume to start over")
-    held = {"num_return_sequences": 1, **held}  # records written before --votes existed: one answer each
+    # Records written before these were kept: one answer each, the default cache and kernels.
+    held = {"num_return_sequences": 1, "cache_type": "f16", "batch_invariant": False, **held}
     if (held.get("references") is None) != (record.get("references") is None):  # said whole, not field by field
         held, record = ({**r, "references": "none" if r.get("references") is None else "from a file"}
                         for r in (held, record))

@@ -148,9 +148,9 @@ class Sampler:
 
     def candidates(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores = np.array(logits, dtype=np.float32, copy=True)
-        if np.isnan(scores.max()):  # max is NaN when any score is
-            raise InvalidGGUF("the model's scores are NaN: the GGUF's weights are damaged or this build "
-                               "cannot run its types; re-create the file or check `toolkit inspect`")
+        if not np.isfinite(scores.max()):  # NaN when any score is; +inf would sample the wrong token silently
+            raise InvalidGGUF("the model's scores are NaN or infinite: the GGUF's weights are damaged or this "
+                               "build cannot run its types; re-create the file or check `toolkit inspect`")
         apply_repetition_penalty(scores, self._seen_ids, self.params.repetition_penalty)
         if not self.params.do_sample:
             best = int(np.argmax(scores))
