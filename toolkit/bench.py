@@ -15,6 +15,7 @@ from pathlib import Path
 from .engine import EngineSettings
 from .errors import ToolkitError, UserError
 from .prompts import PromptSet
+from .retrieve import RetrievalSettings
 from .sampler import SamplingParams
 
 
@@ -25,6 +26,7 @@ class BenchSettings:
     engine: EngineSettings = field(default_factory=EngineSettings)
     # The prompts' length decides prompt time: bench with the ones infer will use.
     prompts: PromptSet = field(default_factory=PromptSet)
+    references: RetrievalSettings = field(default_factory=RetrievalSettings)  # norms lengthen the prompts too
 
 
 def _watch_vram(stop: threading.Event, peak: list[int]) -> None:
@@ -57,7 +59,8 @@ def _measure(model: str, input_path: str, parallel: int, settings: BenchSettings
             t0 = time.perf_counter()
             r = infer(Path(input_path), InferSettings(model=Path(model), output=Path(tmp) / "out.json", resume=False,
                                                       parallel=parallel, sampling=settings.sampling,
-                                                      engine=settings.engine, prompts=settings.prompts))
+                                                      engine=settings.engine, prompts=settings.prompts,
+                                                      references=settings.references))
             wall = time.perf_counter() - t0
     finally:
         stop.set()

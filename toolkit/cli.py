@@ -240,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--prompts", type=Path, help="TOML with system / selection / correction / generic, as infer "
                    "takes (default: the seed's prompts)")
+    p.add_argument("--references", type=Path, metavar="FILE", help="norms for each question's prompt, as infer takes")
+    p.add_argument("--references-count", type=positive, default=DEFAULT_COUNT, metavar="N")
+    p.add_argument("--references-chars", type=positive, default=DEFAULT_CHARS, metavar="N")
     _add_placement(p)
     p.add_argument("--batch-invariant", action="store_true")
     p.add_argument("--json", action="store_true", help="print a list of objects")
@@ -564,9 +567,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import BenchSettings, bench
     from .engine import EngineSettings
     from .prompts import PromptSet, load_prompt_file
+    from .retrieve import RetrievalSettings, load_references
 
+    if args.references:
+        load_references(args.references)  # a bad file is said once, not by each --parallel's process
     settings = BenchSettings(parallel=tuple(args.parallel or (1, 4)),
                              prompts=load_prompt_file(args.prompts) if args.prompts else PromptSet(),
+                             references=RetrievalSettings(args.references, args.references_count,
+                                                          args.references_chars),
                              sampling=SamplingParams(max_new_tokens=args.max_new_tokens).validate(),
                              engine=EngineSettings(n_gpu_layers=args.n_gpu_layers, vram_limit=args.vram_limit,
                                                    cache_type=args.cache_type, batch_invariant=args.batch_invariant))
