@@ -79,14 +79,16 @@ def test_a_request_that_cannot_be_met_stays_a_user_error(tmp_path):
     assert "more than the 8192 the model was trained on" in r.stderr
 
 
-def test_bench_takes_infer_s_references(tmp_path):
-    """Retrieved norms lengthen the prompts, so prompt time: benched as infer would run them."""
+def test_bench_takes_infer_s_references_and_examples(tmp_path):
+    """Retrieved norms and examples lengthen the prompts, so prompt time: benched as infer would run them."""
     one = tmp_path / "one.json"
     one.write_text(json.dumps(json.loads(demo.samples_path().read_text(encoding="utf-8"))[5:6]), encoding="utf-8")
     prompts = tmp_path / "short.toml"
     prompts.write_text('system = "짧게 답하시오."\ncorrection = "고치시오."\n', encoding="utf-8")
     refs = demo.samples_path().parent / "sample_references.txt"
-    common = ["--prompts", str(prompts), "--references", str(refs), "--references-count", "1"]
+    gold = demo.samples_path().parent / "samples_gold.json"
+    common = ["--prompts", str(prompts), "--references", str(refs), "--references-count", "1",
+              "--examples", str(gold), "--examples-count", "1"]
     r = run_cli("bench", str(embedded.smollm2_gguf()), "--input", str(one), "--parallel", "1", "--max-new-tokens",
                 "2", "--json", *common, timeout=600)
     assert r.returncode == 0, r.stderr
@@ -94,6 +96,6 @@ def test_bench_takes_infer_s_references(tmp_path):
                   str(tmp_path / "dry.json"), *common)
     assert dry.returncode == 0, dry.stderr
     n = json.loads((tmp_path / "dry.json").read_text(encoding="utf-8"))[0]["output"]["prompt_tokens"]
-    assert json.loads(r.stdout)[0]["prompt_tokens"] == n > 200  # the passage is in
+    assert json.loads(r.stdout)[0]["prompt_tokens"] == n > 300  # the passage and the example are in
     bad = run_cli("bench", str(embedded.smollm2_gguf()), "--input", str(one), "--references", str(one))
     assert bad.returncode == 2 and "passage 1 has no 'text'" in bad.stderr and bad.stderr.strip().count("\n") == 0

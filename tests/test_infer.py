@@ -21,7 +21,7 @@ from toolkit.errors import UserError
 from toolkit.fsutil import exclusive, partial_path
 from toolkit.infer import InferSettings, default_output, fit_context, infer, resolve_model, settings_record
 from toolkit.prompts import PromptSet
-from toolkit.retrieve import RetrievalSettings
+from toolkit.retrieve import ExampleSettings, RetrievalSettings
 from toolkit.sampler import SamplingParams
 from toolkit.score import Rouge1
 from toolkit.vote import choose, vote_files
@@ -243,25 +243,38 @@ def test_references_go_into_the_prompts_and_the_record(tmp_path):
         infer(few, settings(output=out))
     with pytest.raises(UserError, match=r"other settings: references.count 1 \(now 2\)"):
         infer(few, settings(output=out, references=replace(refs, count=2)))
+    with pytest.raises(UserError, match=r"other settings: examples none \(now from a file\)"):
+        infer(few, settings(output=out, references=refs, examples=ExampleSettings(SAMPLES.parent / "samples_gold.json")))
     assert out.read_bytes() == before
     assert infer(few, settings(output=out, references=refs)).resumed == 2
 
 
-def test_dry_run_shows_the_norms_each_question_got(tmp_path):
+def test_dry_run_shows_the_norms_and_examples_each_question_got(tmp_path):
     out = tmp_path / "p.json"
+    gold = SAMPLES.parent / "samples_gold.json"  # the samples' own answers as examples: never an item's own
     r = run_cli("infer", str(SAMPLES), "--model", str(embedded.smollm2_gguf()), "--dry-run", "--output", str(out),
-                "--references", str(REFERENCES), "--references-count", "2", "--references-chars", "80")
+                "--references", str(REFERENCES), "--references-count", "2", "--references-chars", "80",
+                "--examples", str(gold), "--examples-count", "1")
     assert r.returncode == 0, r.stderr
     assert f"up to 2 passages per question from {REFERENCES}" in r.stderr
+    assert f"up to 1 solved questions like each one from {gold}" in r.stderr
     data = read(out)
     assert all(1 <= len(i["output"]["references"]) <= 2 for i in data) and len(data[0]["output"]["references"]) == 2
     item = data[5]["output"]  # s6: 정리할께
     assert item["references"][0] == "한글 맞춤법 - 된소리로 나는 어미"
-    norms = item["prompt"].split("[참고 규범]\n", 1)[1].split("\n\n[질문]")[0].splitlines()
+    norms = item["prompt"].split("[참고 규범]\n", 1)[1].split("\n\n[", 1)[0].splitlines()
     assert norms[1].startswith("<한글 맞춤법 - 된소리로 나는 어미> 어미 '-ㄹ게'") and norms[1].endswith(" …")
     assert len(norms) == 1 + len(item["references"])  # the lead-in, then the passages
     # The instruction still opens the user message: a type's questions share it as their head.
-    assert item["prompt"].index("[지침]") < item["prompt"].index("[참고 규범]") < item["prompt"].index("[질문]")
+    p = item["prompt"]
+    assert p.index("[지침]") < p.index("[참고 규범]") < p.index("[참고 예시]") < p.index("[질문]")
+    golds = {g["id"]: g for g in read(gold)}
+    for d in data:
+        assert len(d["output"]["examples"]) <= 1 and d["id"] not in d["output"]["examples"]
+        for e in d["output"]["examples"]:
+            assert golds[e]["input"]["question_type"] == d["input"]["question_type"]
+            assert "답변: " + golds[e]["output"]["answer"] in d["output"]["prompt"]
+    assert sum(len(d["output"]["examples"]) for d in data) >= 4
 
 
 def test_kill_and_resume(embedded_run, tmp_path, short_prompts):

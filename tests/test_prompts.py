@@ -41,6 +41,9 @@ def test_references_come_between_the_instruction_and_the_rest():
     assert text.startswith(prompts.SELECTION_INSTRUCTION + "\n\n" + prompts.REFERENCES_HEADING + "\n<맞춤법 - 왠지>")
     assert "줄어든 말이다.\n둘째 규범.\n\n[기타 정보]\n- topic: 맞춤법\n\n[질문]" in text
     assert user_message(item, PromptSet(), []) == user_message(item, PromptSet())  # none found: no heading
+    both = user_message(item, PromptSet(), ["규범."], ["질문: 가\n답변: 나", "질문: 다\n답변: 라"])
+    assert ("규범.\n\n" + prompts.EXAMPLES_HEADING + "\n\n질문: 가\n답변: 나\n\n질문: 다\n답변: 라\n\n[기타 정보]"
+            in both)
 
 
 def test_messages_with_and_without_system():

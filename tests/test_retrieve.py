@@ -1,4 +1,4 @@
-"""The norms each question gets: parsing reference files, BM25 over morphemes, the record."""
+"""The norms and examples each question gets: parsing reference files, BM25 over morphemes, the record."""
 
 import json
 
@@ -6,8 +6,8 @@ import pytest
 
 from toolkit import demo
 from toolkit.errors import InvalidInput
-from toolkit.retrieve import (Reference, RetrievalSettings, Retriever, for_items, load_references,
-                              parse_references, query_of)
+from toolkit.retrieve import (Example, ExampleSettings, Reference, RetrievalSettings, Retriever, examples_for,
+                              for_items, load_examples, load_references, parse_references, query_of)
 
 REFS = demo.samples_path().parent / "sample_references.txt"
 
@@ -22,8 +22,9 @@ EXTRACTED = """국어 지식 참조 문서
 
 
 @pytest.fixture(scope="module")
-def sample_retriever():
-    return Retriever(load_references(REFS))
+def sample_refs():
+    refs = load_references(REFS)
+    return refs, Retriever([f"{r.title} {r.text}" for r in refs])
 
 
 def test_titles_as_the_reference_document_writes_them():
@@ -95,13 +96,15 @@ def test_each_sample_question_gets_its_norm_first():
     assert len(found["s1"]) == 2
 
 
-def test_only_passages_sharing_a_term_and_no_more_than_asked(sample_retriever):
-    assert sample_retriever.search("xyzzy", 3) == []
+def test_only_passages_sharing_a_term_and_no_more_than_asked(sample_refs):
+    refs, retriever = sample_refs
+    assert retriever.search("xyzzy", 3) == []
     # Terms in more than a tenth of the passages (here: more than 2 of 12) tell nothing apart.
-    assert sample_retriever.search("는다", 3) == []
-    assert len(sample_retriever.search("할 수 있다", 1)) == 1
+    assert retriever.search("는다", 3) == []
+    assert len(retriever.search("할 수 있다", 1)) == 1
     # The spelling as written counts, not only its morphemes: 할께 is quoted by one rule only.
-    assert sample_retriever.search("할께", 5)[0].title == "한글 맞춤법 - 된소리로 나는 어미"
+    assert refs[retriever.search("할께", 5)[0]].title == "한글 맞춤법 - 된소리로 나는 어미"
+    assert retriever.search("할께", 5, among=[0, 1, 2]) == []  # only among those asked
 
 
 def test_long_passages_are_cut_at_a_word():
@@ -121,3 +124,50 @@ def test_the_record_follows_the_content_not_the_name(tmp_path):
     assert RetrievalSettings(a).record()["sha256"] != RetrievalSettings(b).record()["sha256"]
     assert RetrievalSettings(a, count=2).record() != RetrievalSettings(a).record()
     assert RetrievalSettings().record() is None
+
+
+def write_items(path, rows):
+    path.write_text(json.dumps([{"id": i, "input": {"question_type": t, "question": q}, **({"output": {"answer": a}}
+                                                                                          if a else {})}
+                                for i, t, q, a in rows], ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+# A train file of our own: solved questions, one of them like sample s2 (며칠) and one like s6 (-ㄹ게).
+TRAIN = [
+    ("t1", "선택형", '"오늘이 {몇 일/며칠}이지?" 가운데 올바른 것을 선택하고, 그 이유를 설명하세요.',
+     '"오늘이 며칠이지?"가 옳다. \'며칠\'은 소리 나는 대로 적는다.'),
+    ("t2", "선택형", '"{웬만큼/왠만큼} 해 두어라." 가운데 올바른 것을 선택하고, 그 이유를 설명하세요.',
+     '"웬만큼 해 두어라."가 옳다. \'웬만큼\'이 표준어이다.'),
+    ("t3", "교정형", '다음 문장에서 어문 규범에 부합하지 않는 부분을 찾아 고치고, 그 이유를 설명하세요.\n"내일 다시 연락할께."',
+     '"내일 다시 연락할게."가 옳다. 어미 \'-ㄹ게\'는 예사소리로 적는다.'),
+    ("t4", "교정형", '다음 문장을 고치세요.\n"설겆이를 마쳤다."', '"설거지를 마쳤다."가 옳다. \'설거지\'가 표준어이다.'),
+    ("t5", "선택형", '"장마가 {몇 일/며칠} 동안 이어졌다." 가운데 올바른 것을 선택하고, 그 이유를 설명하세요.',
+     '"장마가 며칠 동안 이어졌다."가 옳다. 같은 문제.'),  # = sample s2: never shown for it
+    ("t6", "선택형", '"{왠지/웬지} 춥다." 가운데 올바른 것은?', ""),  # not answered: not an example
+]
+
+
+def test_examples_are_the_most_alike_solved_questions_of_the_type(tmp_path):
+    train = write_items(tmp_path / "train.json", TRAIN)
+    assert [e.id for e in load_examples(train)] == ["t1", "t2", "t3", "t4", "t5"]
+    items = json.loads(demo.samples_path().read_text(encoding="utf-8"))
+    found = examples_for(items, ExampleSettings(train, count=2))
+    assert [e.id for e in found["s2"]] == ["t1"]  # t5 is the same question: its answer is not shown
+    assert [e.id for e in found["s6"]] == ["t3"]  # 교정형: among t3 and t4, the one about 할께
+    assert all(e.question_type == "선택형" for key in ("s1", "s2", "s3", "s7") for e in found[key])
+    # A type without examples (서술형 here) is shown those of any type.
+    other = examples_for([{"id": "x", "input": {"question_type": "서술형", "question": "'며칠'을 설명하시오."}}],
+                         ExampleSettings(train, count=1))
+    assert [e.id for e in other["x"]] == ["t1"]
+    assert found["s2"][0].render() == "질문: " + TRAIN[0][2] + "\n답변: " + TRAIN[0][3]
+
+
+def test_a_file_without_answers_gives_no_examples(tmp_path):
+    questions = write_items(tmp_path / "test.json", [("1", "선택형", "문제", "")])
+    with pytest.raises(InvalidInput, match="no item has an output.answer to show as an example"):
+        load_examples(questions)
+    assert ExampleSettings().record() is None
+    assert ExampleSettings(questions, 2).record() != ExampleSettings(questions, 3).record()
+    assert examples_for([{"id": "1", "input": {"question": "문제"}}], ExampleSettings()) == {}
+    assert Example("1", "선택형", "문제", "답").render() == "질문: 문제\n답변: 답"

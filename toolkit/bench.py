@@ -15,7 +15,7 @@ from pathlib import Path
 from .engine import EngineSettings
 from .errors import ToolkitError, UserError
 from .prompts import PromptSet
-from .retrieve import RetrievalSettings
+from .retrieve import ExampleSettings, RetrievalSettings
 from .sampler import SamplingParams
 
 
@@ -27,6 +27,7 @@ class BenchSettings:
     # The prompts' length decides prompt time: bench with the ones infer will use.
     prompts: PromptSet = field(default_factory=PromptSet)
     references: RetrievalSettings = field(default_factory=RetrievalSettings)  # norms lengthen the prompts too
+    examples: ExampleSettings = field(default_factory=ExampleSettings)  # and so do examples
 
 
 def _watch_vram(stop: threading.Event, peak: list[int]) -> None:
@@ -60,7 +61,7 @@ def _measure(model: str, input_path: str, parallel: int, settings: BenchSettings
             r = infer(Path(input_path), InferSettings(model=Path(model), output=Path(tmp) / "out.json", resume=False,
                                                       parallel=parallel, sampling=settings.sampling,
                                                       engine=settings.engine, prompts=settings.prompts,
-                                                      references=settings.references))
+                                                      references=settings.references, examples=settings.examples))
             wall = time.perf_counter() - t0
     finally:
         stop.set()

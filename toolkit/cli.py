@@ -14,7 +14,7 @@ from .errors import DiskFull, ToolkitError
 from .fit import KV_TYPE_BYTES
 from .fsutil import NO_SPACE_ERRNOS
 from .quantizer import DEFAULT_TYPE, QUANT_TYPES
-from .retrieve import DEFAULT_CHARS, DEFAULT_COUNT
+from .retrieve import DEFAULT_CHARS, DEFAULT_COUNT, DEFAULT_EXAMPLES
 from .sampler import SamplingParams
 
 
@@ -166,6 +166,11 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                    help=f"passages per question (default {DEFAULT_COUNT})")
     g.add_argument("--references-chars", type=positive, default=DEFAULT_CHARS, metavar="N",
                    help=f"characters kept of each passage (default {DEFAULT_CHARS})")
+    g.add_argument("--examples", type=Path, metavar="FILE.json",
+                   help="a train file (competition JSON with output.answer): each question is shown the solved "
+                        "questions of its type most like it, under [참고 예시]")
+    g.add_argument("--examples-count", type=positive, default=DEFAULT_EXAMPLES, metavar="N",
+                   help=f"examples per question (default {DEFAULT_EXAMPLES})")
     g = p.add_argument_group("sampling (HF generate semantics)")
     g.add_argument("--temperature", type=float, default=d.temperature)
     g.add_argument("--top-p", type=float, default=d.top_p)
@@ -243,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--references", type=Path, metavar="FILE", help="norms for each question's prompt, as infer takes")
     p.add_argument("--references-count", type=positive, default=DEFAULT_COUNT, metavar="N")
     p.add_argument("--references-chars", type=positive, default=DEFAULT_CHARS, metavar="N")
+    p.add_argument("--examples", type=Path, metavar="FILE.json", help="solved questions for each prompt, as infer takes")
+    p.add_argument("--examples-count", type=positive, default=DEFAULT_EXAMPLES, metavar="N")
     _add_placement(p)
     p.add_argument("--batch-invariant", action="store_true")
     p.add_argument("--json", action="store_true", help="print a list of objects")
@@ -446,7 +453,7 @@ def infer_settings(args: argparse.Namespace):
     from .engine import EngineSettings
     from .infer import InferSettings
     from .prompts import PromptSet, load_prompt_file, text_or_file
-    from .retrieve import RetrievalSettings
+    from .retrieve import ExampleSettings, RetrievalSettings
 
     prompts = load_prompt_file(args.prompts) if args.prompts else PromptSet()
     overrides = {"system": args.system_prompt, "selection": args.selection_prompt,
@@ -461,8 +468,9 @@ def infer_settings(args: argparse.Namespace):
                             flash_attn={"auto": None, "on": True, "off": False}[args.flash_attn],
                             batch_invariant=args.batch_invariant, lora=args.lora, lora_scale=args.lora_scale)
     references = RetrievalSettings(args.references, args.references_count, args.references_chars)
-    return InferSettings(model=args.model, output=args.output, sampling=sampling, engine=engine,
-                         prompts=prompts, references=references, chat_template=args.chat_template, resume=args.resume,
+    examples = ExampleSettings(args.examples, args.examples_count)
+    return InferSettings(model=args.model, output=args.output, sampling=sampling, engine=engine, prompts=prompts,
+                         references=references, examples=examples, chat_template=args.chat_template, resume=args.resume,
                          dry_run=args.dry_run, parallel=args.parallel)
 
 
@@ -567,14 +575,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import BenchSettings, bench
     from .engine import EngineSettings
     from .prompts import PromptSet, load_prompt_file
-    from .retrieve import RetrievalSettings, load_references
+    from .retrieve import ExampleSettings, RetrievalSettings, load_examples, load_references
 
-    if args.references:
-        load_references(args.references)  # a bad file is said once, not by each --parallel's process
+    if args.references:  # a bad file is said once, not by each --parallel's process
+        load_references(args.references)
+    if args.examples:
+        load_examples(args.examples)
     settings = BenchSettings(parallel=tuple(args.parallel or (1, 4)),
                              prompts=load_prompt_file(args.prompts) if args.prompts else PromptSet(),
                              references=RetrievalSettings(args.references, args.references_count,
                                                           args.references_chars),
+                             examples=ExampleSettings(args.examples, args.examples_count),
                              sampling=SamplingParams(max_new_tokens=args.max_new_tokens).validate(),
                              engine=EngineSettings(n_gpu_layers=args.n_gpu_layers, vram_limit=args.vram_limit,
                                                    cache_type=args.cache_type, batch_invariant=args.batch_invariant))

@@ -33,6 +33,7 @@ class InferSettings:
     engine: EngineSettings = field(default_factory=EngineSettings)
     prompts: PromptSet = field(default_factory=PromptSet)
     references: retrieve.RetrievalSettings = field(default_factory=retrieve.RetrievalSettings)
+    examples: retrieve.ExampleSettings = field(default_factory=retrieve.ExampleSettings)
     chat_template: Path | None = None
     resume: bool = True
     dry_run: bool = False
@@ -64,6 +65,7 @@ class InferResult:
     lora: Path | None = None
     lora_scale: float = 1.0
     references: retrieve.RetrievalSettings = field(default_factory=retrieve.RetrievalSettings)
+    examples: retrieve.ExampleSettings = field(default_factory=retrieve.ExampleSettings)
     memory: dict[str, dict[str, float]] = field(default_factory=dict)  # llama.cpp's buffers, MiB
 
     @property
@@ -191,6 +193,7 @@ def settings_record(settings: InferSettings, params: SamplingParams, model: Path
         **asdict(params),
         "prompts": asdict(settings.prompts),
         "references": settings.references.record(),
+        "examples": settings.examples.record(),
         "chat_template": sha256_file(template) if template else None,
     }
 
@@ -214,9 +217,9 @@ def _check_resume(output: Path, answered: int, record: dict) -> None:
                         "choose another --output, or --no-resume to start over")
     # Records written before these were kept: one answer each, the default cache and kernels.
     held = {"num_return_sequences": 1, "cache_type": "f16", "batch_invariant": False, **held}
-    if (held.get("references") is None) != (record.get("references") is None):  # said whole, not field by field
-        held, record = ({**r, "references": "none" if r.get("references") is None else "from a file"}
-                        for r in (held, record))
+    for key in ("references", "examples"):  # turned on or off: said whole, not field by field
+        if (held.get(key) is None) != (record.get(key) is None):
+            held, record = ({**r, key: "none" if r.get(key) is None else "from a file"} for r in (held, record))
     if changes := dataset.settings_changes(held, record):
         changes = [c.replace("num_return_sequences", "votes", 1) for c in changes]  # as the option says it
         raise UserError(f"{output} holds {answered} answer(s) made with other settings: {', '.join(changes[:4])}; "
@@ -251,16 +254,19 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
     if output.resolve() == input_path.resolve():
         raise UserError("the output would overwrite the input file; choose another --output")
     _check_output(output, items)  # what must not be replaced is refused before any lock file
-    passages = retrieve.for_items(items, settings.references)  # a bad file is said before the model loads
+    # A bad references or examples file is said before the model loads.
+    passages = retrieve.for_items(items, settings.references)
+    examples = retrieve.examples_for(items, settings.examples)
     # One run per output: a second would remove this one's temporary files and write its answers over ours.
     with exclusive(dataset.lock_path(output), str(output), "wait for it to finish, or choose another --output"):
         held = _check_output(output, items)  # again: a run that just ended may have added answers
         dataset.drop_leftovers(output)
-        return _answer(input_path, items, output, held, model_path, params, settings, passages)
+        return _answer(input_path, items, output, held, model_path, params, settings, passages, examples)
 
 
 def _answer(input_path: Path, items: list[dict], output: Path, held, model_path: Path, params: SamplingParams,
-            settings: InferSettings, passages: dict[str, list[retrieve.Reference]]) -> InferResult:
+            settings: InferSettings, passages: dict[str, list[retrieve.Reference]],
+            examples: dict[str, list[retrieve.Example]]) -> InferResult:
     """Load the model, prompt, generate and write, the output's lock held."""
     previous = dataset.previous_answers(held, items) if settings.resume and not settings.dry_run else {}
     if settings.dry_run and dataset.holds_answers(held):
@@ -282,7 +288,8 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
         for item in items:
             key = dataset.item_key(item)
             norms = [r.render(settings.references.max_chars) for r in passages.get(key, [])]
-            messages = build_messages(item["input"], settings.prompts, norms)
+            shown = [e.render() for e in examples.get(key, [])]
+            messages = build_messages(item["input"], settings.prompts, norms, shown)
             if fold:
                 messages = chat_template.fold_system(messages)
             rendered[key] = template.render(messages)
@@ -323,7 +330,7 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
             console.err.print(placed.describe())
         result = InferResult(output, model_path, engine.info, n_ctx, len(items), resumed=len(previous),
                              parallel=parallel, lora=settings.engine.lora, lora_scale=settings.engine.lora_scale,
-                             votes=votes, references=settings.references)
+                             votes=votes, references=settings.references, examples=settings.examples)
         _print_header(result)
 
         if settings.dry_run:
@@ -331,6 +338,9 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
             if settings.references.path:  # which passages each question got, to check the retrieval
                 for k, refs in passages.items():
                     outputs[k]["references"] = [r.title or r.text[:60] for r in refs]
+            if settings.examples.path:
+                for k, shown in examples.items():
+                    outputs[k]["examples"] = [e.id for e in shown]
             dataset.write_output(output, items, outputs)
             return result
 
@@ -422,6 +432,8 @@ def _print_header(r: InferResult) -> None:
     if r.references.path is not None:
         console.err.print(f"norms    up to {r.references.count} passages per question from {r.references.path} "
                           f"(at most {r.references.max_chars} characters each)")
+    if r.examples.path is not None:
+        console.err.print(f"examples up to {r.examples.count} solved questions like each one from {r.examples.path}")
     console.err.print(f"context  {r.n_ctx} tokens (trained {info.n_ctx_train}), {r.parallel} sequence(s) at a time")
     votes = f", {r.votes} votes each" if r.votes > 1 else ""
     console.err.print(f"items    {r.items} ({r.resumed} already answered in {r.output}){votes}")

@@ -100,14 +100,21 @@ def load_prompt_file(path: Path, base: PromptSet = PromptSet()) -> PromptSet:
 REFERENCES_HEADING = "[참고 규범]\n질문과 관련이 있을 수 있는 어문 규범입니다. 이유를 설명할 때 근거로 삼으십시오."
 
 
-def user_message(item_input: dict, prompts: PromptSet, references: Sequence[str] = ()) -> str:
-    """Instruction for the type + the norms retrieved for it under [참고 규범] + other input fields
-    as 기타 정보 + the question under [질문]. The instruction comes first so that a type's
-    questions still share their head (evaluated once in a batched run)."""
+EXAMPLES_HEADING = "[참고 예시]\n비슷한 문제와 그 답변입니다."
+
+
+def user_message(item_input: dict, prompts: PromptSet, references: Sequence[str] = (),
+                 examples: Sequence[str] = ()) -> str:
+    """Instruction for the type + the norms retrieved for it under [참고 규범] + solved questions
+    like it under [참고 예시] + other input fields as 기타 정보 + the question under [질문]. The
+    instruction comes first so that a type's questions still share their head (evaluated once in
+    a batched run)."""
     qtype = str(item_input.get("question_type", ""))
     parts = [prompts.instruction(qtype)]
     if references:
         parts.append(REFERENCES_HEADING + "\n" + "\n".join(references))
+    if examples:
+        parts.append(EXAMPLES_HEADING + "\n\n" + "\n\n".join(examples))
     extra = {k: v for k, v in item_input.items() if k not in ("question_type", "question")}
     if extra:
         lines = [f"- {k}: {v if isinstance(v, str) else _compact(v)}" for k, v in extra.items()]
@@ -120,11 +127,12 @@ def _compact(value) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def build_messages(item_input: dict, prompts: PromptSet, references: Sequence[str] = ()) -> list[dict[str, str]]:
+def build_messages(item_input: dict, prompts: PromptSet, references: Sequence[str] = (),
+                   examples: Sequence[str] = ()) -> list[dict[str, str]]:
     messages = []
     if prompts.system:
         messages.append({"role": "system", "content": prompts.system})
-    messages.append({"role": "user", "content": user_message(item_input, prompts, references)})
+    messages.append({"role": "user", "content": user_message(item_input, prompts, references, examples)})
     return messages
 
 

@@ -1,11 +1,13 @@
-"""Stage: the norms a question needs, from the task's reference document (RAG).
+"""Stage: the norms a question needs, from the task's reference document (RAG), and the solved
+questions most like it, from a train file (examples shown in the prompt).
 
 The 2025 task ("한국어 어문 규범 기반 생성(RAG)") gives a reference document of the norms
 (한글 맞춤법, 표준어 규정, 띄어쓰기, 문장 부호, 외래어 표기법 …), one passage per rule under a
 title like `<띄어쓰기 - 한글 맞춤법 제42항>`. Each question gets the passages that best match it,
 by BM25 over Korean morphemes (kiwipiepy, offline, as `score` uses) and the question's own
 spellings, so that `{할 수/할수}` finds the rule whose examples write it. Off unless asked for: the
-seed baseline's prompts have no references.
+seed baseline's prompts have no references. Examples are found the same way, among the train
+file's questions of the same type.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .dataset import read_text
+from .dataset import answer_of, load_items, read_text
 from .errors import InvalidInput
 from .fsutil import sha256_file
 
@@ -34,6 +37,7 @@ _LETTERS = "ㄱㄲㄳㄴㄵㄶㄷㄹㄺㄻㄼㄽㄾㄿㅀㅁㅂㅄㅅㅆㅇㅈ�
 _FINAL_TO_LETTER = str.maketrans(_FINALS, _LETTERS)
 
 DEFAULT_COUNT = 3  # passages per question
+DEFAULT_EXAMPLES = 3  # solved questions per question
 DEFAULT_CHARS = 1000  # of each passage: the longest rules (쉼표, 외래어 표 …) run to several thousand
 
 
@@ -152,12 +156,11 @@ class Retriever:
     K1, B = 1.2, 0.75
     COMMON = 0.1  # share of the passages above which a term is too common to tell them apart
 
-    def __init__(self, references: list[Reference]) -> None:
+    def __init__(self, documents: Sequence[str]) -> None:
         from kiwipiepy import Kiwi
 
         self._kiwi = Kiwi()
-        self.references = references
-        self._docs = [Counter(self.terms(f"{r.title} {r.text}")) for r in references]
+        self._docs = [Counter(self.terms(d)) for d in documents]
         self._lengths = [sum(d.values()) for d in self._docs]
         self._avg = sum(self._lengths) / len(self._lengths) or 1.0
         df = Counter(t for d in self._docs for t in d)
@@ -175,11 +178,13 @@ class Retriever:
         # Kiwi writes an ending's consonant as a final jamo (ᆯ께), the norms as a letter (-(으)ㄹ께).
         return [t.translate(_FINAL_TO_LETTER) for t in morphemes + words]
 
-    def search(self, query: str, count: int) -> list[Reference]:
-        """The `count` best passages that share a term with the query, best first (ties: file order)."""
+    def search(self, query: str, count: int, among: Sequence[int] | None = None) -> list[int]:
+        """The `count` best documents (of those `among`) that share a telling term with the query, by
+        index, best first (ties: file order)."""
         terms = set(self.terms(query))
         scores = []
-        for n, (doc, length) in enumerate(zip(self._docs, self._lengths)):
+        for n in range(len(self._docs)) if among is None else among:
+            doc, length = self._docs[n], self._lengths[n]
             s = 0.0
             for term in terms:
                 f = doc.get(term)
@@ -188,12 +193,66 @@ class Retriever:
                     s += self._idf[term] * norm
             if s > 0:
                 scores.append((-s, n))
-        return [self.references[n] for _, n in sorted(scores)[:count]]
+        return [n for _, n in sorted(scores)[:count]]
 
 
 def for_items(items: list[dict], settings: RetrievalSettings) -> dict[str, list[Reference]]:
     """Each item's passages, by id (none without a references file)."""
     if settings.path is None:
         return {}
-    retriever = Retriever(load_references(settings.path))
-    return {str(i["id"]): retriever.search(query_of(i["input"]["question"]), settings.count) for i in items}
+    refs = load_references(settings.path)
+    retriever = Retriever([f"{r.title} {r.text}" for r in refs])
+    return {str(i["id"]): [refs[n] for n in retriever.search(query_of(i["input"]["question"]), settings.count)]
+            for i in items}
+
+
+# -- examples: solved questions like the one asked, from a train file ---------------------------
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    question_type: str
+    question: str
+    answer: str
+
+    def render(self) -> str:
+        return f"질문: {self.question}\n답변: {self.answer}"
+
+
+@dataclass(frozen=True)
+class ExampleSettings:
+    path: Path | None = None  # None: no examples but the instruction's own (the seed's prompts)
+    count: int = DEFAULT_EXAMPLES
+
+    def record(self) -> dict | None:
+        return None if self.path is None else {"sha256": sha256_file(self.path), "count": self.count}
+
+
+def load_examples(path: Path) -> list[Example]:
+    """The answered items of a competition file (train or dev: `output.answer` on each)."""
+    examples = [Example(str(i["id"]), str(i["input"].get("question_type", "")), i["input"]["question"],
+                        answer_of(i).strip())
+                for i in load_items(Path(path)) if answer_of(i) and answer_of(i).strip()]
+    if not examples:
+        raise InvalidInput(f"{path}: no item has an output.answer to show as an example (a test file?)")
+    return examples
+
+
+def examples_for(items: list[dict], settings: ExampleSettings) -> dict[str, list[Example]]:
+    """Each item's examples, by id: the most like it among the examples of its type (of all, where
+    its type has none), never one with the same question, so that a dev file given as its own
+    examples does not show the model its answers."""
+    if settings.path is None:
+        return {}
+    examples = load_examples(settings.path)
+    retriever = Retriever([query_of(e.question) for e in examples])
+    by_type: dict[str, list[int]] = {}
+    for n, e in enumerate(examples):
+        by_type.setdefault(e.question_type, []).append(n)
+    found = {}
+    for item in items:
+        question = item["input"]["question"]
+        pool = by_type.get(str(item["input"].get("question_type", "")), range(len(examples)))
+        among = [n for n in pool if _flat(examples[n].question) != _flat(question)]
+        found[str(item["id"])] = [examples[n] for n in retriever.search(query_of(question), settings.count, among)]
+    return found
