@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from conftest import run_cli
 from toolkit import demo
 from toolkit.errors import InvalidInput
 from toolkit.retrieve import (Example, ExampleSettings, Reference, RetrievalSettings, Retriever, examples_for,
@@ -17,7 +18,8 @@ EXTRACTED = """국어 지식 참조 문서
 <띄어쓰기 - 한글 맞춤법 제2항> 문장의 각 단어는 띄어 씀을
 원칙으로 한다. <문장 부호
 - 홑화살괄호 규정> 작품의 제목을 나타낼 때 쓴다. - <한강>은 사진집에 실린 작품이다. <외래어 표기법 -
-외래어 표기법 제1장 제4항> 파열음 표기에는 된소리를 쓰지 않는다.
+외래어 표기법 제1장 제4항> 파열음 표기에는 된소리를 쓰지 않는다. <한글
+맞춤법 - 한글 맞춤법 제12항> 두음 법칙에 따라 '내일'로 적는다.
 """
 
 
@@ -30,7 +32,7 @@ def sample_refs():
 def test_titles_as_the_reference_document_writes_them():
     refs = parse_references(EXTRACTED)
     assert [r.title for r in refs] == ["띄어쓰기 - 한글 맞춤법 제2항", "문장 부호 - 홑화살괄호 규정",
-                                       "외래어 표기법 - 외래어 표기법 제1장 제4항"]
+                                       "외래어 표기법 - 외래어 표기법 제1장 제4항", "한글 맞춤법 - 한글 맞춤법 제12항"]
     assert refs[0].text == "문장의 각 단어는 띄어 씀을 원칙으로 한다."  # lines joined, the cover page dropped
     assert refs[1].text == "작품의 제목을 나타낼 때 쓴다. - <한강>은 사진집에 실린 작품이다."
 
@@ -52,8 +54,9 @@ def test_json_and_jsonl(tmp_path):
     mapping.write_text('{"의존 명사": "띄어 쓴다."}', encoding="utf-8")
     assert load_references(mapping) == [Reference("의존 명사", "띄어 쓴다.")]
     lines = tmp_path / "r.jsonl"
-    lines.write_text('{"title": "조사", "text": "붙여 쓴다."}\n\n"띄어 쓴다."\n', encoding="utf-8")
-    assert load_references(lines) == [Reference("조사", "붙여 쓴다."), Reference("", "띄어 쓴다.")]
+    lines.write_text('{"title": "조사", "text": "붙여 쓴다.\u2028"}\n\n"띄어 쓴다."\n{"title": null, "text": "셋"}\n',
+                     encoding="utf-8")  # a raw U+2028 inside a string is not a line break in JSONL
+    assert load_references(lines) == [Reference("조사", "붙여 쓴다."), Reference("", "띄어 쓴다."), Reference("", "셋")]
 
 
 @pytest.mark.parametrize("name,content,match", [
@@ -63,11 +66,15 @@ def test_json_and_jsonl(tmp_path):
     ("r.jsonl", '{"text": "a"}\n{oops}\n', "line 2 is not valid JSON"),
     ("r.txt", "\n  \n", "no passages in it"),
     ("r.pdf", "%PDF-1.7 ...", "a PDF; extract its text first"),
+    ("r.txt", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "a PDF; extract its text first"),  # binary, misnamed
+    ("r.json", '{"passages": ["a"]}', "expected a list of passages"),
     ("missing.txt", None, "no such file"),
 ])
 def test_bad_reference_files_are_refused_in_one_line(tmp_path, name, content, match):
     path = tmp_path / name
-    if content is not None:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content, encoding="utf-8")
     with pytest.raises(InvalidInput, match=match):
         load_references(path)
@@ -79,6 +86,12 @@ def test_the_query_is_what_the_question_quotes():
     assert query_of("다음 문장을 고치세요.\n“발표 자료는 내가 정리할께.”") == "발표 자료는 내가 정리할께."
     assert query_of("'깨끗이'와 '깨끗히' 가운데 표준 표기는?") == "깨끗이 깨끗히"  # the words it asks about
     assert query_of("띄어쓰기가 바른 것은?") == "띄어쓰기가 바른 것은?"
+    # Other quote marks, quotes inside the sentence with the choices, an unquoted sentence on its own line.
+    assert query_of("다음 문장을 고치세요.\n「내일 다시 연락할께.」") == "내일 다시 연락할께."
+    assert query_of("“장마가 {몇 일/며칠} 이어졌다.\" 가운데 고르시오.") == "장마가 {몇 일/며칠} 이어졌다."
+    assert query_of('"그는 "안녕"이라고 {말했다/말 했다}." 가운데 고르시오.') == '그는 "안녕"이라고 {말했다/말 했다}.'
+    assert query_of("다음 문장을 고치세요.\n내일 다시 연락할께.") == "내일 다시 연락할께."
+    assert query_of("’깨끗이’와 ’깨끗히’ 가운데 바른 것은?") == "깨끗이 깨끗히"
 
 
 # What each bundled sample question is about, in our own reference file (12 passages, 8 relevant).
@@ -105,6 +118,25 @@ def test_only_passages_sharing_a_term_and_no_more_than_asked(sample_refs):
     # The spelling as written counts, not only its morphemes: 할께 is quoted by one rule only.
     assert refs[retriever.search("할께", 5)[0]].title == "한글 맞춤법 - 된소리로 나는 어미"
     assert retriever.search("할께", 5, among=[0, 1, 2]) == []  # only among those asked
+
+
+def test_the_norms_word_lists_match_as_questions_write_the_words():
+    refs = parse_references("<표준어 - 제12항> '윗-'으로 통일한다. - ㄱ: 윗-눈썹, 윗 -목, 윗- 자리 - ㄴ: 웃-눈썹\n\n"
+                            "<표준어 - 제14항> 준말만 표준어로 삼는다. - ㄱ: 무, 뱀 - ㄴ: 무우, 배암")
+    retriever = Retriever([f"{r.title} {r.text}" for r in refs])
+    for asked in ("{윗눈썹/웃눈썹}", "윗목", "윗자리"):
+        assert retriever.search(asked, 1) == [0], asked
+    import unicodedata  # a question saved decomposed (NFD, as macOS may) still matches
+    assert retriever.search(unicodedata.normalize("NFD", "{무/무우}를 썰었다."), 1) == [1]
+
+
+def test_a_long_passage_is_shown_from_the_word_it_was_found_for():
+    long = Reference("제26항", "복수 표준어: " + "가는허리/잔허리, " * 80 + "여쭈다/여쭙다, 여태/입때")
+    shown = long.around(["여쭙다"], 200)
+    assert shown.text.startswith("… ") and "여쭙다" in shown.render(200) and shown.title == "제26항"
+    assert long.around(["가는허리"], 200) is long  # near the start: kept as it is
+    assert long.around(["없는말"], 200) is long
+    assert long.around(["여쭙다"], 5000) is long  # no cut: nothing to move
 
 
 def test_long_passages_are_cut_at_a_word():
@@ -154,6 +186,10 @@ def test_examples_are_the_most_alike_solved_questions_of_the_type(tmp_path):
     items = json.loads(demo.samples_path().read_text(encoding="utf-8"))
     found = examples_for(items, ExampleSettings(train, count=2))
     assert [e.id for e in found["s2"]] == ["t1"]  # t5 is the same question: its answer is not shown
+    # Asked in other words about the same sentence: still the same question.
+    reworded = [{"id": "r", "input": {"question_type": "선택형", "question": '“장마가 {몇 일/며칠} 동안 이어졌다.” 중 '
+                                                                             "바른 것은?"}}]
+    assert [e.id for e in examples_for(reworded, ExampleSettings(train))["r"]] == ["t1"]
     assert [e.id for e in found["s6"]] == ["t3"]  # 교정형: among t3 and t4, the one about 할께
     assert all(e.question_type == "선택형" for key in ("s1", "s2", "s3", "s7") for e in found[key])
     # A type without examples (서술형 here) is shown those of any type.
@@ -171,3 +207,12 @@ def test_a_file_without_answers_gives_no_examples(tmp_path):
     assert ExampleSettings(questions, 2).record() != ExampleSettings(questions, 3).record()
     assert examples_for([{"id": "1", "input": {"question": "문제"}}], ExampleSettings()) == {}
     assert Example("1", "선택형", "문제", "답").render() == "질문: 문제\n답변: 답"
+
+
+@pytest.mark.parametrize("command", ["infer", "bench"])
+def test_a_count_without_its_file_is_refused(command, tmp_path):
+    target = [str(demo.samples_path())] if command == "infer" else [str(tmp_path / "x.gguf")]
+    for option, needs in (("--references-count", "--references"), ("--references-chars", "--references"),
+                          ("--examples-count", "--examples")):
+        r = run_cli(command, *target, option, "2")
+        assert r.returncode == 2 and f"{option} needs {needs} FILE" in r.stderr, r.stderr

@@ -10,7 +10,7 @@ import traceback
 from pathlib import Path
 
 from . import __version__, console
-from .errors import DiskFull, ToolkitError
+from .errors import DiskFull, ToolkitError, UserError
 from .fit import KV_TYPE_BYTES
 from .fsutil import NO_SPACE_ERRNOS
 from .quantizer import DEFAULT_TYPE, QUANT_TYPES
@@ -162,14 +162,14 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                    help="the task's reference document of norms as text (passages under <분야 - 규정> titles, "
                         "Markdown headings or blank lines) or JSON/JSONL: each question gets the passages that "
                         "match it best (BM25) in its prompt under [참고 규범]")
-    g.add_argument("--references-count", type=positive, default=DEFAULT_COUNT, metavar="N",
+    g.add_argument("--references-count", type=positive, metavar="N",
                    help=f"passages per question (default {DEFAULT_COUNT})")
-    g.add_argument("--references-chars", type=positive, default=DEFAULT_CHARS, metavar="N",
+    g.add_argument("--references-chars", type=positive, metavar="N",
                    help=f"characters kept of each passage (default {DEFAULT_CHARS})")
     g.add_argument("--examples", type=Path, metavar="FILE.json",
                    help="a train file (competition JSON with output.answer): each question is shown the solved "
                         "questions of its type most like it, under [참고 예시]")
-    g.add_argument("--examples-count", type=positive, default=DEFAULT_EXAMPLES, metavar="N",
+    g.add_argument("--examples-count", type=positive, metavar="N",
                    help=f"examples per question (default {DEFAULT_EXAMPLES})")
     g = p.add_argument_group("sampling (HF generate semantics)")
     g.add_argument("--temperature", type=float, default=d.temperature)
@@ -246,10 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=Path, help="TOML with system / selection / correction / generic, as infer "
                    "takes (default: the seed's prompts)")
     p.add_argument("--references", type=Path, metavar="FILE", help="norms for each question's prompt, as infer takes")
-    p.add_argument("--references-count", type=positive, default=DEFAULT_COUNT, metavar="N")
-    p.add_argument("--references-chars", type=positive, default=DEFAULT_CHARS, metavar="N")
+    p.add_argument("--references-count", type=positive, metavar="N")
+    p.add_argument("--references-chars", type=positive, metavar="N")
     p.add_argument("--examples", type=Path, metavar="FILE.json", help="solved questions for each prompt, as infer takes")
-    p.add_argument("--examples-count", type=positive, default=DEFAULT_EXAMPLES, metavar="N")
+    p.add_argument("--examples-count", type=positive, metavar="N")
     _add_placement(p)
     p.add_argument("--batch-invariant", action="store_true")
     p.add_argument("--json", action="store_true", help="print a list of objects")
@@ -447,14 +447,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def retrieval_settings(args: argparse.Namespace):
+    """--references and --examples with their counts; a count without its file is a mistake, said."""
+    from .retrieve import ExampleSettings, RetrievalSettings
+
+    for option, needs in (("references_count", "references"), ("references_chars", "references"),
+                          ("examples_count", "examples")):
+        if getattr(args, option) is not None and getattr(args, needs) is None:
+            raise UserError(f"--{option.replace('_', '-')} needs --{needs} FILE")
+    return (RetrievalSettings(args.references, args.references_count or DEFAULT_COUNT,
+                              args.references_chars or DEFAULT_CHARS),
+            ExampleSettings(args.examples, args.examples_count or DEFAULT_EXAMPLES))
+
+
 def infer_settings(args: argparse.Namespace):
     from dataclasses import replace
 
     from .engine import EngineSettings
     from .infer import InferSettings
     from .prompts import PromptSet, load_prompt_file, text_or_file
-    from .retrieve import ExampleSettings, RetrievalSettings
-
     prompts = load_prompt_file(args.prompts) if args.prompts else PromptSet()
     overrides = {"system": args.system_prompt, "selection": args.selection_prompt,
                  "correction": args.correction_prompt}
@@ -467,8 +478,7 @@ def infer_settings(args: argparse.Namespace):
                             n_ctx=args.n_ctx, threads=args.threads,
                             flash_attn={"auto": None, "on": True, "off": False}[args.flash_attn],
                             batch_invariant=args.batch_invariant, lora=args.lora, lora_scale=args.lora_scale)
-    references = RetrievalSettings(args.references, args.references_count, args.references_chars)
-    examples = ExampleSettings(args.examples, args.examples_count)
+    references, examples = retrieval_settings(args)
     return InferSettings(model=args.model, output=args.output, sampling=sampling, engine=engine, prompts=prompts,
                          references=references, examples=examples, chat_template=args.chat_template, resume=args.resume,
                          dry_run=args.dry_run, parallel=args.parallel)
@@ -575,17 +585,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import BenchSettings, bench
     from .engine import EngineSettings
     from .prompts import PromptSet, load_prompt_file
-    from .retrieve import ExampleSettings, RetrievalSettings, load_examples, load_references
+    from .retrieve import load_examples, load_references
 
+    references, examples = retrieval_settings(args)
     if args.references:  # a bad file is said once, not by each --parallel's process
         load_references(args.references)
     if args.examples:
         load_examples(args.examples)
     settings = BenchSettings(parallel=tuple(args.parallel or (1, 4)),
                              prompts=load_prompt_file(args.prompts) if args.prompts else PromptSet(),
-                             references=RetrievalSettings(args.references, args.references_count,
-                                                          args.references_chars),
-                             examples=ExampleSettings(args.examples, args.examples_count),
+                             references=references, examples=examples,
                              sampling=SamplingParams(max_new_tokens=args.max_new_tokens).validate(),
                              engine=EngineSettings(n_gpu_layers=args.n_gpu_layers, vram_limit=args.vram_limit,
                                                    cache_type=args.cache_type, batch_invariant=args.batch_invariant))

@@ -12,9 +12,11 @@ file's questions of the same type.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,10 +28,14 @@ from .fsutil import sha256_file
 
 # Titles as the reference document writes them: `<분야 - 규정 제N항>`, wrapped over lines where a
 # PDF's text extraction broke them. The " - " tells them from a `<…>` inside a rule's examples.
-_TITLE = re.compile(r"<([^<>\n]{1,80}?\s[-–]\s[^<>]{1,120}?)>")
+_TITLE = re.compile(r"<([^<>]{1,80}?\s[-–]\s[^<>]{1,120}?)>")
 _HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", re.M)  # a Markdown file of rules
-_QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”")
-_SINGLE_QUOTED = re.compile(r"'([^'\n]+)'|‘([^’\n]+)’")
+# Every quote mark as a straight one (a question may open with “ and close with ", or use 「」).
+_AS_STRAIGHT = str.maketrans({"“": '"', "”": '"', "„": '"', "「": '"', "」": '"', "『": '"', "』": '"',
+                              "‘": "'", "’": "'"})
+_QUOTED = re.compile(r'"([^"\n]+)"')
+_SINGLE_QUOTED = re.compile(r"'([^'\n]+)'")
+_HYPHENATED = re.compile(r"[가-힣]+(?:(?:\s-|-\s?)[가-힣]+)+")  # 윗-눈썹, 윗 -목, 윗- 자리 (not a title's " - ")
 _SYMBOL_TAGS = ("SF", "SP", "SS", "SSO", "SSC", "SE", "SO", "SW", "SB", "W_")
 
 _FINALS = "ᆨᆩᆪᆫᆬᆭᆮᆯᆰᆱᆲᆳᆴᆵᆶᆷᆸᆹᆺᆻᆼᆽᆾᆿᇀᇁᇂ"
@@ -45,6 +51,15 @@ DEFAULT_CHARS = 1000  # of each passage: the longest rules (쉼표, 외래어 �
 class Reference:
     title: str  # "" where the file gives none
     text: str
+
+    def around(self, words: Sequence[str], max_chars: int) -> Reference:
+        """This passage, or where the first of `words` in it lies past `max_chars`, its text from a
+        little before that word: the cut would otherwise drop what it was found for."""
+        hits = [i for w in words if (i := self.text.find(w)) >= 0]
+        if len(self.text) <= max_chars or not hits or min(hits) < max_chars * 3 // 4:
+            return self
+        start = self.text.rfind(" ", 0, max(0, min(hits) - max_chars // 4)) + 1
+        return Reference(self.title, "… " + self.text[start:])
 
     def render(self, max_chars: int) -> str:
         text = self.text if len(self.text) <= max_chars else _cut(self.text, max_chars)
@@ -91,7 +106,7 @@ def parse_references(text: str) -> list[Reference]:
 
 
 def _from_json(data, path: Path) -> list[Reference]:
-    if isinstance(data, dict):  # {title: text}
+    if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):  # {title: text}
         data = [{"title": k, "text": v} for k, v in data.items()]
     if not isinstance(data, list):
         raise InvalidInput(f"{path}: expected a list of passages (texts or {{title, text}} objects)")
@@ -104,7 +119,7 @@ def _from_json(data, path: Path) -> list[Reference]:
         body = entry.get("text", entry.get("content"))
         if not isinstance(body, str):
             raise InvalidInput(f"{path}: passage {n} has no 'text'")
-        title = entry.get("title", "")
+        title = entry.get("title") or ""
         if not isinstance(title, str):
             raise InvalidInput(f"{path}: passage {n}: 'title' must be text")
         if _flat(body):
@@ -114,8 +129,15 @@ def _from_json(data, path: Path) -> list[Reference]:
 
 def load_references(path: Path) -> list[Reference]:
     """A text or Markdown file (the reference document as text), a JSON list or object, or JSONL."""
-    text = read_text(path, "references file")
     suffix = Path(path).suffix.lower()
+    try:
+        with Path(path).open("rb") as f:
+            is_pdf = suffix == ".pdf" or f.read(5) == b"%PDF-"
+    except OSError:
+        is_pdf = suffix == ".pdf"  # (else read_text says why it cannot be read)
+    if is_pdf:  # checked before decoding: a PDF is binary
+        raise InvalidInput(f"{path}: a PDF; extract its text first (pdftotext -layout {Path(path).name} norms.txt)")
+    text = unicodedata.normalize("NFC", read_text(path, "references file"))
     if suffix == ".json":
         try:
             data = json.loads(text)
@@ -124,15 +146,13 @@ def load_references(path: Path) -> list[Reference]:
         refs = _from_json(data, path)
     elif suffix == ".jsonl":
         data = []
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text.split("\n"), 1):  # (not splitlines: U+2028 may sit inside a string)
             if line.strip():
                 try:
                     data.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise InvalidInput(f"{path}: line {n} is not valid JSON ({e.msg})") from None
         refs = _from_json(data, path)
-    elif suffix == ".pdf" or text.startswith("%PDF"):
-        raise InvalidInput(f"{path}: a PDF; extract its text first (pdftotext -layout {path.name} refs.txt)")
     else:
         refs = parse_references(text)
     if not refs:
@@ -141,13 +161,17 @@ def load_references(path: Path) -> list[Reference]:
 
 
 def query_of(question: str) -> str:
-    """The quoted sentence(s) of a question, where it quotes: the rest ("가운데 올바른 것을 선택하고,
-    그 이유를 설명하세요.") is the same in every question and would only match noise."""
+    """What a question asks about: its quoted sentence (the rest, "가운데 올바른 것을 선택하고, 그 이유를
+    설명하세요.", is the same in every question and would only match noise)."""
+    text = unicodedata.normalize("NFC", question).translate(_AS_STRAIGHT)
+    for line in text.splitlines():
+        if "{" in line and line.count('"') >= 2:  # the sentence with the choices, quotes inside it too
+            return line[line.index('"') + 1:line.rindex('"')]
     for pattern in _QUOTED, _SINGLE_QUOTED:  # '깨끗이'와 '깨끗히' 가운데 …: the words it asks about
-        quoted = [a or b for a, b in pattern.findall(question)]
-        if quoted:
+        if quoted := pattern.findall(text):
             return " ".join(quoted)
-    return question
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if len(lines) > 1 else text  # an instruction line, then the sentence unquoted
 
 
 class Retriever:
@@ -157,9 +181,7 @@ class Retriever:
     COMMON = 0.1  # share of the passages above which a term is too common to tell them apart
 
     def __init__(self, documents: Sequence[str]) -> None:
-        from kiwipiepy import Kiwi
-
-        self._kiwi = Kiwi()
+        self._kiwi = _kiwi()
         self._docs = [Counter(self.terms(d)) for d in documents]
         self._lengths = [sum(d.values()) for d in self._docs]
         self._avg = sum(self._lengths) / len(self._lengths) or 1.0
@@ -173,10 +195,12 @@ class Retriever:
     def terms(self, text: str) -> list[str]:
         """Morphemes (particles and endings too: many norms are about them), and each word as
         written, its punctuation stripped: spellings like 할께 or 몇 일 are what a rule quotes."""
+        text = unicodedata.normalize("NFC", text)  # (a decomposed file would match nothing)
         morphemes = [t.form for t in self._kiwi.tokenize(text) if not t.tag.startswith(_SYMBOL_TAGS)]
         words = re.findall(r"\w+", text)  # {A/B}: both spellings
+        joined = [re.sub(r"[\s-]", "", w) for w in _HYPHENATED.findall(text)]  # 윗-눈썹 is asked as 윗눈썹
         # Kiwi writes an ending's consonant as a final jamo (ᆯ께), the norms as a letter (-(으)ㄹ께).
-        return [t.translate(_FINAL_TO_LETTER) for t in morphemes + words]
+        return [t.translate(_FINAL_TO_LETTER) for t in morphemes + words + joined]
 
     def search(self, query: str, count: int, among: Sequence[int] | None = None) -> list[int]:
         """The `count` best documents (of those `among`) that share a telling term with the query, by
@@ -196,14 +220,27 @@ class Retriever:
         return [n for _, n in sorted(scores)[:count]]
 
 
+@functools.cache
+def _kiwi():
+    from kiwipiepy import Kiwi
+
+    return Kiwi()
+
+
 def for_items(items: list[dict], settings: RetrievalSettings) -> dict[str, list[Reference]]:
-    """Each item's passages, by id (none without a references file)."""
+    """Each item's passages, by id (none without a references file). A passage longer than the cut
+    starts near the first word of the question it holds, if that lies past the cut."""
     if settings.path is None:
         return {}
     refs = load_references(settings.path)
     retriever = Retriever([f"{r.title} {r.text}" for r in refs])
-    return {str(i["id"]): [refs[n] for n in retriever.search(query_of(i["input"]["question"]), settings.count)]
-            for i in items}
+    found = {}
+    for item in items:
+        query = query_of(item["input"]["question"])
+        words = [w for w in re.findall(r"\w+", query) if len(w) > 1]
+        found[str(item["id"])] = [refs[n].around(words, settings.max_chars)
+                                  for n in retriever.search(query, settings.count)]
+    return found
 
 
 # -- examples: solved questions like the one asked, from a train file ---------------------------
@@ -240,19 +277,24 @@ def load_examples(path: Path) -> list[Example]:
 
 def examples_for(items: list[dict], settings: ExampleSettings) -> dict[str, list[Example]]:
     """Each item's examples, by id: the most like it among the examples of its type (of all, where
-    its type has none), never one with the same question, so that a dev file given as its own
+    its type has none), never one that asks about the same sentence, so that a dev file given as its own
     examples does not show the model its answers."""
     if settings.path is None:
         return {}
     examples = load_examples(settings.path)
-    retriever = Retriever([query_of(e.question) for e in examples])
+    queries = [query_of(e.question) for e in examples]
+    retriever = Retriever(queries)
     by_type: dict[str, list[int]] = {}
     for n, e in enumerate(examples):
         by_type.setdefault(e.question_type, []).append(n)
+    asking: dict[str, set[int]] = {}  # what an example asks about → those examples
+    for n, q in enumerate(queries):
+        asking.setdefault(_flat(q), set()).add(n)
     found = {}
     for item in items:
-        question = item["input"]["question"]
+        query = query_of(item["input"]["question"])
         pool = by_type.get(str(item["input"].get("question_type", "")), range(len(examples)))
-        among = [n for n in pool if _flat(examples[n].question) != _flat(question)]
-        found[str(item["id"])] = [examples[n] for n in retriever.search(query_of(question), settings.count, among)]
+        same = asking.get(_flat(query), set())  # the same sentence asked (in other words, too): its own answer
+        among = [n for n in pool if n not in same]
+        found[str(item["id"])] = [examples[n] for n in retriever.search(query, settings.count, among)]
     return found
