@@ -466,6 +466,7 @@ def infer_settings(args: argparse.Namespace):
     from .engine import EngineSettings
     from .infer import InferSettings
     from .prompts import PromptSet, load_prompt_file, text_or_file
+
     prompts = load_prompt_file(args.prompts) if args.prompts else PromptSet()
     overrides = {"system": args.system_prompt, "selection": args.selection_prompt,
                  "correction": args.correction_prompt}

@@ -335,12 +335,10 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
 
         if settings.dry_run:
             outputs = {k: {"prompt": rendered[k], "prompt_tokens": len(token_ids[k])} for k in rendered}
-            if settings.references.path:  # which passages each question got, to check the retrieval
-                for k, refs in passages.items():
-                    outputs[k]["references"] = [r.title or r.text[:60] for r in refs]
-            if settings.examples.path:
-                for k, shown in examples.items():
-                    outputs[k]["examples"] = [e.id for e in shown]
+            for k, refs in passages.items():  # which passages and examples each question got (none asked: none)
+                outputs[k]["references"] = [r.title or r.text[:60] for r in refs]
+            for k, shown in examples.items():
+                outputs[k]["examples"] = [e.id for e in shown]
             dataset.write_output(output, items, outputs)
             return result
 

@@ -98,8 +98,6 @@ def load_prompt_file(path: Path, base: PromptSet = PromptSet()) -> PromptSet:
 
 # The passages retrieve.py found for the question; it can miss, hence "may".
 REFERENCES_HEADING = "[참고 규범]\n질문과 관련이 있을 수 있는 어문 규범입니다. 이유를 설명할 때 근거로 삼으십시오."
-
-
 EXAMPLES_HEADING = "[참고 예시]\n비슷한 문제와 그 답변입니다."
 
 

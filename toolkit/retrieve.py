@@ -12,7 +12,6 @@ file's questions of the same type.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
@@ -22,9 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .dataset import answer_of, load_items, read_text
+from .dataset import answer_of, item_key, load_items, read_text
 from .errors import InvalidInput
 from .fsutil import sha256_file
+from .score import kiwi
 
 # Titles as the reference document writes them: `<분야 - 규정 제N항>`, wrapped over lines where a
 # PDF's text extraction broke them. The " - " tells them from a `<…>` inside a rule's examples.
@@ -55,10 +55,10 @@ class Reference:
     def around(self, words: Sequence[str], max_chars: int) -> Reference:
         """This passage, or where the first of `words` in it lies past `max_chars`, its text from a
         little before that word: the cut would otherwise drop what it was found for."""
-        hits = [i for w in words if (i := self.text.find(w)) >= 0]
-        if len(self.text) <= max_chars or not hits or min(hits) < max_chars * 3 // 4:
+        first = min((i for w in words if (i := self.text.find(w)) >= 0), default=None)
+        if len(self.text) <= max_chars or first is None or first < max_chars * 3 // 4:
             return self
-        start = self.text.rfind(" ", 0, max(0, min(hits) - max_chars // 4)) + 1
+        start = self.text.rfind(" ", 0, max(0, first - max_chars // 4)) + 1
         return Reference(self.title, "… " + self.text[start:])
 
     def render(self, max_chars: int) -> str:
@@ -181,7 +181,7 @@ class Retriever:
     COMMON = 0.1  # share of the passages above which a term is too common to tell them apart
 
     def __init__(self, documents: Sequence[str]) -> None:
-        self._kiwi = _kiwi()
+        self._kiwi = kiwi()
         self._docs = [Counter(self.terms(d)) for d in documents]
         self._lengths = [sum(d.values()) for d in self._docs]
         self._avg = sum(self._lengths) / len(self._lengths) or 1.0
@@ -220,13 +220,6 @@ class Retriever:
         return [n for _, n in sorted(scores)[:count]]
 
 
-@functools.cache
-def _kiwi():
-    from kiwipiepy import Kiwi
-
-    return Kiwi()
-
-
 def for_items(items: list[dict], settings: RetrievalSettings) -> dict[str, list[Reference]]:
     """Each item's passages, by id (none without a references file). A passage longer than the cut
     starts near the first word of the question it holds, if that lies past the cut."""
@@ -238,8 +231,8 @@ def for_items(items: list[dict], settings: RetrievalSettings) -> dict[str, list[
     for item in items:
         query = query_of(item["input"]["question"])
         words = [w for w in re.findall(r"\w+", query) if len(w) > 1]
-        found[str(item["id"])] = [refs[n].around(words, settings.max_chars)
-                                  for n in retriever.search(query, settings.count)]
+        found[item_key(item)] = [refs[n].around(words, settings.max_chars)
+                                 for n in retriever.search(query, settings.count)]
     return found
 
 
@@ -267,9 +260,8 @@ class ExampleSettings:
 
 def load_examples(path: Path) -> list[Example]:
     """The answered items of a competition file (train or dev: `output.answer` on each)."""
-    examples = [Example(str(i["id"]), str(i["input"].get("question_type", "")), i["input"]["question"],
-                        answer_of(i).strip())
-                for i in load_items(Path(path)) if answer_of(i) and answer_of(i).strip()]
+    examples = [Example(item_key(i), str(i["input"].get("question_type", "")), i["input"]["question"], answer)
+                for i in load_items(Path(path)) if (answer := (answer_of(i) or "").strip())]
     if not examples:
         raise InvalidInput(f"{path}: no item has an output.answer to show as an example (a test file?)")
     return examples
@@ -296,5 +288,5 @@ def examples_for(items: list[dict], settings: ExampleSettings) -> dict[str, list
         pool = by_type.get(str(item["input"].get("question_type", "")), range(len(examples)))
         same = asking.get(_flat(query), set())  # the same sentence asked (in other words, too): its own answer
         among = [n for n in pool if n not in same]
-        found[str(item["id"])] = [examples[n] for n in retriever.search(query, settings.count, among)]
+        found[item_key(item)] = [examples[n] for n in retriever.search(query, settings.count, among)]
     return found
