@@ -170,3 +170,27 @@ def test_doctor_prints_the_plan_for_given_vram():
     assert plan["weights_bytes"] + plan["kv_bytes"] + plan["compute_bytes"] <= plan["free_bytes"] - plan["margin_bytes"]
     bad = run_cli("infer", "x.json", "--n-gpu-layers", "most")
     assert bad.returncode == 2 and "neither a number of layers nor 'auto'" in bad.stderr
+
+
+def test_vram_limit_counts_the_cuda_context():
+    """--vram-limit caps the run's GPU memory in all. On an H200 a plan that filled 6 GiB (less the
+    margin) made a process of 6145 MiB: the CUDA context, 0.5 GiB in use before any buffer, had
+    not been counted."""
+    h200 = dict(free_bytes=139.29 * GIB, total_bytes=139.80 * GIB)
+    assert fit.within_limit(6 * GIB, **h200) == pytest.approx(5.49 * GIB)
+    # Another process's 10 GiB is not this run's: at most CONTEXT_MAX of what is in use counts.
+    assert fit.within_limit(6 * GIB, free_bytes=14 * GIB, total_bytes=24 * GIB) == 6 * GIB - fit.CONTEXT_MAX
+    assert fit.within_limit(6 * GIB, free_bytes=3 * GIB, total_bytes=24 * GIB) == 3 * GIB  # never more than is free
+    assert fit.within_limit(GIB // 4, **h200) == 0
+
+
+def test_auto_plans_within_the_limit_less_the_context(monkeypatch):
+    from toolkit import backend
+
+    card = backend.Device("CUDA0", "NVIDIA GeForce RTX 3060", "GPU", free_bytes=11_764 << 20, total_bytes=12 << 30)
+    monkeypatch.setattr(backend, "gpus", lambda: [card])
+    with Engine(embedded.smollm2_gguf(), EngineSettings(n_gpu_layers="auto", vram_limit=int(1.5 * GIB))) as engine:
+        plan = engine.place(2048)
+    assert plan.free_bytes == (1536 - 524) << 20  # 524 MiB in use, taken as the context
+    assert plan.n_gpu_layers > 0
+    assert plan.weights_bytes + plan.kv_bytes + plan.compute_bytes <= plan.free_bytes - plan.margin_bytes

@@ -68,7 +68,8 @@ def _add_placement(g) -> None:
     g.add_argument("--n-gpu-layers", type=gpu_layers, default=-1,
                    help="layers on the GPU: -1 all (default), N, or auto (as many as fit the free VRAM)")
     g.add_argument("--vram-limit", type=gib, metavar="GIB",
-                   help="with auto: plan for at most this much GPU memory (e.g. 6 for a 6 GB budget)")
+                   help="with auto: use at most this much GPU memory in all, as on a card of that size "
+                        "(what is in use already, the CUDA context included, counts against it)")
     g.add_argument("--cache-type", choices=list(KV_TYPE_BYTES), default="f16",
                    help="KV cache type (q8_0 halves its memory)")
 

@@ -83,7 +83,7 @@ def context_does_not_fit(failure: llama_log.AllocationFailure, log_lines, n_ctx:
 @dataclass(frozen=True)
 class EngineSettings:
     n_gpu_layers: int | str = -1  # -1: every layer on the GPU; "auto": as many as fit (fit.py)
-    vram_limit: int | None = None  # bytes of GPU memory "auto" may plan for (default: all that is free)
+    vram_limit: int | None = None  # bytes of GPU memory "auto" may use in all, context included (default: all that is free)
     cache_type: str = "f16"  # KV cache type (q8_0 halves it; llama.cpp needs flash attention for it)
     n_ctx: int | None = None  # None: fitted to the longest prompt + max_new_tokens
     n_batch: int = 512
@@ -190,7 +190,7 @@ class Engine:
         gpus = backend.gpus()
         free = sum(d.free_bytes for d in gpus)
         if self.settings.vram_limit is not None:
-            free = min(free, self.settings.vram_limit) if gpus else 0
+            free = fit.within_limit(self.settings.vram_limit, free, sum(d.total_bytes for d in gpus)) if gpus else 0
         flash = self.settings.flash_attn if self.settings.flash_attn is not None else True
         req = fit.FitRequest(n_ctx=n_ctx, n_ubatch=min(self.settings.n_batch, n_ctx), n_outputs=logits_rows,
                              cache_type=self.settings.cache_type, flash_attn=flash)

@@ -20,7 +20,10 @@ GIB = 2**30
 # Bytes per element of the KV cache types llama.cpp offers (--cache-type).
 KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
                  "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32}
-MIN_MARGIN = 512 * 2**20  # the CUDA context, cuBLAS workspace, fragmentation
+# cuBLAS's workspace, the memory pool's growth, fragmentation: about 0.2 GiB over llama.cpp's own
+# buffers on an H200 (the CUDA context, 0.5 GiB there, is already in use when free memory is read).
+MIN_MARGIN = 512 * 2**20
+CONTEXT_MAX = 2**30  # a CUDA context with llama.cpp's kernels: 0.5 GiB on an H200 (CUDA 13)
 # From this many rows, llama.cpp's CUDA backend runs an op whose weight stays on the CPU on the
 # GPU anyway, copying the weight into its compute buffer (ggml-cuda's op_offload_min_batch_size).
 OP_OFFLOAD_MIN_BATCH = 32
@@ -162,6 +165,15 @@ def compute_bytes(shape: ModelShape, req: FitRequest, output_on_gpu: bool, cpu_l
     if output_offloaded:
         copied = max(copied, shape.output_matrix_bytes)
     return max(logits, mask + scores) + activations + copied
+
+
+def within_limit(limit_bytes: int, free_bytes: int, total_bytes: int) -> int:
+    """What a plan may use under --vram-limit, a cap on all this run's GPU memory as on a card of
+    that size: the limit less this process's CUDA context, already in use when free memory is read,
+    and never more than is free. Of what is in use, at most CONTEXT_MAX is taken for the context:
+    the rest belongs to other processes, which the limit is not about."""
+    context = min(total_bytes - free_bytes, CONTEXT_MAX)
+    return max(0, min(free_bytes, limit_bytes - context))
 
 
 def plan(shape: ModelShape, req: FitRequest, free_bytes: int) -> FitPlan:
