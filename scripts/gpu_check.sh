@@ -2,7 +2,8 @@
 # The GPU check, one prepared script for the lent device machine (no network there; what it
 # needs comes in .gpu/, made here by scripts/gpu_prepare.sh):
 #
-#   1. build llama-cpp-python with CUDA (sm_90) from the pinned sdist, as scripts/setup.sh does
+#   1. build llama-cpp-python with CUDA (sm_90) from the pinned sdist, as scripts/setup.sh does,
+#      or unpack the runtime scripts/gpu_prebuild.sh built beforehand
 #   2. an HF checkpoint of Llama-3-8B's shape: random bf16 weights, Llama-3's real tokenizer
 #   3. toolkit quantize --q4_k_m (BF16 intermediate kept)
 #   4. toolkit infer on 504 questions (the samples × 63), every layer on the GPU
@@ -75,6 +76,19 @@ if [ -z "$TINY" ]; then
   export TOOLKIT_HOME="$REPO/.gpu/home"
 fi
 TK=("$PY" -m toolkit)
+# The CUDA libraries llama.cpp links (libcudart, libcublas): the image's pip packages (nvidia/cu13/lib,
+# torch's own, first: LD_LIBRARY_PATH outranks torch's RUNPATH), then the toolkit's.
+if [ -z "$TINY" ]; then
+  CUDA_LIBS=$("$PY" - <<'EOF'
+import glob, os, site
+dirs = [d for base in site.getsitepackages() for d in sorted(glob.glob(os.path.join(base, "nvidia", "*", "lib")))]
+dirs += ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"]
+print(":".join(dict.fromkeys(d for d in dirs if glob.glob(os.path.join(d, "libcu*.so.*")))))
+EOF
+)
+  export LD_LIBRARY_PATH="$CUDA_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "CUDA libraries from: $CUDA_LIBS"
+fi
 
 # Step 1 runs in the background while step 2 draws the checkpoint on the GPU (no llama_cpp needed).
 # The sdist is unpacked to $WORK/src and built in $WORK/skbuild with llama.cpp's tools on, so step 7
@@ -83,8 +97,8 @@ SRC="$WORK/src"
 BUILD="$WORK/skbuild"
 BUILD_PID=
 gpu_runtime() { "$PY" -c "import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())" 2>/dev/null; }
-# A CUDA runtime built on an earlier device session from the same sdist (gpu_prepare.sh keeps it
-# in .gpu/; PROVENANCE inside says how): saves the ~5 min build. NO_PREBUILT=1 builds anyway.
+# A CUDA runtime from the same sdist, built beforehand by scripts/gpu_prebuild.sh (in .gpu/;
+# PROVENANCE inside says how): saves the ~5 min build. NO_PREBUILT=1 builds anyway.
 PREBUILT=$(ls .gpu/llama_cpp_cuda_sm*-*.tar.xz 2>/dev/null | head -1)
 if step build && [ -z "$TINY" ] && [ -n "$PREBUILT" ] && [ -z "${NO_PREBUILT:-}" ] && ! gpu_runtime; then
   echo "== 1. CUDA runtime from $PREBUILT (no build)"
@@ -100,6 +114,7 @@ if step build && [ -z "$TINY" ] && [ -n "$PREBUILT" ] && [ -z "${NO_PREBUILT:-}"
     head -8 "$SITE/llama_cpp/PROVENANCE"
   else
     echo "the prebuilt runtime does not load here: building"
+    "$PY" -c "import llama_cpp; print('gpu offload:', llama_cpp.llama_supports_gpu_offload())" 2>&1 | tail -3
     rm -rf "$SITE/llama_cpp" "$SITE/llama_cpp_python-0.3.36.dist-info"
   fi
 fi
@@ -225,13 +240,18 @@ fi
 
 # llama.cpp's own llama-bench from the same source, same file: the yardstick for bench's figures.
 LB="$BUILD/bin/llama-bench"
+LBB="$BUILD/bin/llama-batched-bench"
+if [ ! -x "$LB" ] && [ -x "$SITE/llama_cpp/bin/llama-bench" ]; then  # the prebuilt runtime's tools
+  LB="$SITE/llama_cpp/bin/llama-bench" LBB="$SITE/llama_cpp/bin/llama-batched-bench"
+  export LD_LIBRARY_PATH="$SITE/llama_cpp/lib:$LD_LIBRARY_PATH"
+fi
 if step llamabench && [ -z "$TINY" ] && [ ! -x "$LB" ]; then
-  record llama_bench "skipped: no build tree (the prebuilt runtime was used; NO_PREBUILT=1 builds one)"
+  record llama_bench "skipped: no llama-bench (neither in a build tree nor in the prebuilt runtime)"
 elif step llamabench && [ -z "$TINY" ] && [ ! -f "$WORK/llama-bench.md" ]; then
   echo "== 7. llama-bench (llama.cpp's yardstick: same commit, same build, same file)"
   "$LB" -m "$Q4" -ngl 99 -fa 1 -p 512 -n 128 -r 3 -o md | tee "$WORK/llama-bench.md.partial" || exit 1
   # and its batched counterpart: prompts of 128 tokens, 64 new tokens, 1/4/16 sequences at once
-  "$BUILD/bin/llama-batched-bench" -m "$Q4" -ngl 99 -fa on -c 4096 -npp 128 -ntg 64 -npl 1,4,16 2>/dev/null \
+  "$LBB" -m "$Q4" -ngl 99 -fa on -c 4096 -npp 128 -ntg 64 -npl 1,4,16 2>/dev/null \
     | grep "^|" | tee -a "$WORK/llama-bench.md.partial" || exit 1
   mv "$WORK/llama-bench.md.partial" "$WORK/llama-bench.md" && keep llama-bench.md
 fi
