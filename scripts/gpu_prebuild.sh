@@ -19,9 +19,7 @@ PIN=$("$PY" -c "from toolkit import versions; print(versions.LLAMA_CPP_PYTHON)")
 SDIST=.gpu/llama_cpp_python-$PIN.tar.gz
 OUT=.gpu/llama_cpp_cuda_sm$ARCH-$PIN.tar.xz
 [ -f "$SDIST" ] || { echo "gpu_prebuild: $SDIST missing: run scripts/gpu_prepare.sh first" >&2; exit 2; }
-command -v nvcc >/dev/null || { echo "gpu_prebuild: no nvcc here" >&2; exit 2; }
-# nvcc's own idea of its root: the nvcc on PATH may be a wrapper script elsewhere.
-CUDA=$(readlink -f "$(nvcc --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -1)")
+CUDA=$(bash scripts/cuda_root.sh) || { echo "gpu_prebuild: no nvcc here" >&2; exit 2; }
 RELEASE=$(nvcc --version | sed -n 's/.*release \([0-9]*\.[0-9]*\).*/\1/p')
 
 if [ ! -e "$CUDA/lib64/libcublas.so" ]; then
@@ -75,7 +73,7 @@ for f in "$BUILD"/unwheel/llama_cpp/lib/*.so.*.*; do add_lib "$f"; done  # RUNPA
 # llama.cpp's benchmarks: small launchers over their -impl libraries and libllama-common.
 for f in "$BUILD"/tree/bin/libllama-bench-impl.so "$BUILD"/tree/bin/libllama-batched-bench-impl.so "$BUILD"/tree/bin/libllama-common.so.*.*; do add_lib "$f"; done
 cp "$BUILD/tree/bin/llama-bench" "$BUILD/tree/bin/llama-batched-bench" "$PACK/bin/"
-strip --strip-unneeded "$PACK"/lib/*.so.* "$PACK"/lib/*-impl.so "$PACK"/bin/*
+find "$PACK" -type f -not -name PROVENANCE -exec strip --strip-unneeded {} +  # each file once, not via its links
 # The stub defines no driver symbol, so the linker dropped it: name the driver as needed, or the
 # cuMem* calls of the CUDA memory pool would find nothing to bind to.
 if ! readelf -d "$PACK"/lib/libggml-cuda.so | grep -q libcuda.so; then

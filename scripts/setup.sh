@@ -63,9 +63,7 @@ cuda_args() {
   local arch
   arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ') || true
   [ -n "$arch" ] || return 1
-  # nvcc's own idea of its root (the nvcc on PATH may be a wrapper script elsewhere)
-  local cuda; cuda=$(nvcc --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -1)
-  cuda=$(readlink -f "${cuda:-$(dirname "$(readlink -f "$(command -v nvcc)")")/..}")
+  local cuda; cuda=$(bash scripts/cuda_root.sh)
   if ! ls "$cuda"/lib64/libcublas.so* "$cuda"/targets/*/lib/libcublas.so* >/dev/null 2>&1 \
      && ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so'; then
     echo "setup: nvcc and a GPU found but no cuBLAS: building for the CPU (install CUDA's cuBLAS for a GPU build)" >&2

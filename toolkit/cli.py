@@ -14,7 +14,8 @@ from .errors import DiskFull, ToolkitError, UserError
 from .fit import KV_TYPE_BYTES
 from .fsutil import NO_SPACE_ERRNOS
 from .quantizer import DEFAULT_TYPE, QUANT_TYPES
-from .retrieve import DEFAULT_CHARS, DEFAULT_COUNT, DEFAULT_EXAMPLES
+from .retrieve import (DEFAULT_CHARS, DEFAULT_COUNT, DEFAULT_EXAMPLES, ExampleSettings, RetrievalSettings,
+                       load_examples, load_references)
 from .sampler import SamplingParams
 
 
@@ -450,8 +451,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def retrieval_settings(args: argparse.Namespace):
     """--references and --examples with their counts; a count without its file is a mistake, said."""
-    from .retrieve import ExampleSettings, RetrievalSettings
-
     for option, needs in (("references_count", "references"), ("references_chars", "references"),
                           ("examples_count", "examples")):
         if getattr(args, option) is not None and getattr(args, needs) is None:
@@ -587,7 +586,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import BenchSettings, bench
     from .engine import EngineSettings
     from .prompts import PromptSet, load_prompt_file
-    from .retrieve import load_examples, load_references
 
     references, examples = retrieval_settings(args)
     if args.references:  # a bad file is said once, not by each --parallel's process
