@@ -1,6 +1,7 @@
 """The norms and examples each question gets: parsing reference files, BM25 over morphemes, the record."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -216,3 +217,30 @@ def test_a_count_without_its_file_is_refused(command, tmp_path):
                           ("--examples-count", "--examples")):
         r = run_cli(command, *target, option, "2")
         assert r.returncode == 2 and f"{option} needs {needs} FILE" in r.stderr, r.stderr
+
+
+def test_examples_of_the_rules_found_come_first(tmp_path):
+    fixtures = Path(__file__).parent / "fixtures"
+    settings = RetrievalSettings(fixtures / "norms_small.txt", count=2)
+    c = " 가운데 올바른 것을 선택하고, 그 이유를 설명하세요."
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps([
+        {"id": "alike", "input": {"question_type": "선택형", "question": '"우리는 {학교처럼/학교 처럼} 갈 수 있다."' + c},
+         "output": {"answer": "a", "article": "<띄어쓰기 - 한글 맞춤법 제41항>"}},
+        {"id": "rule", "input": {"question_type": "선택형", "question": '"밥을 {먹을 만큼/먹을만큼} 먹어라."' + c},
+         "output": {"answer": "b"}},  # its rule comes from the labels file below
+        {"id": "other", "input": {"question_type": "선택형", "question": '"{케찹/케첩}을 뿌렸다."' + c},
+         "output": {"answer": "c", "article": "<외래어 표기법 - 외래어 표기법 제2장 표1>"}}], ensure_ascii=False),
+        encoding="utf-8")
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps([{"id": "x", "input": {"question": '"밥을 {먹을 만큼/먹을만큼} 먹어라."' + c},
+                                   "output": {"article": "<띄어쓰기 - 한글 맞춤법 제42항>"}}], ensure_ascii=False),
+                      encoding="utf-8")
+    items = [{"id": "q", "input": {"question_type": "선택형", "question": '"우리는 {갈 수/갈수} 있다."' + c}}]
+    rules = for_items(items, settings)
+    assert [r.title for r in rules["q"]] == ["띄어쓰기 - 한글 맞춤법 제42항", "띄어쓰기 - 한글 맞춤법 제2항"]
+    plain = examples_for(items, ExampleSettings(train, count=2))
+    assert [e.id for e in plain["q"]][0] == "alike" and "rule" not in [e.id for e in plain["q"]]  # likeness alone
+    ruled = examples_for(items, ExampleSettings(train, count=2), rules, labels)
+    assert [e.id for e in ruled["q"]] == ["rule", "alike"]  # the rule found first, then likeness
+    assert ruled["q"][0].title == "띄어쓰기 - 한글 맞춤법 제42항"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -21,11 +22,11 @@ out = Console(highlight=False, soft_wrap=True)
 
 
 def notice(message: str) -> None:
-    err.print(f"[bold]note:[/bold] {message}")
+    err.print(f"[bold]note:[/bold] {escape(message)}")  # paths and titles may hold [brackets]
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {message}")
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 def step_progress() -> Progress:

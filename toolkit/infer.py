@@ -256,7 +256,7 @@ def infer(input_path: Path, settings: InferSettings = InferSettings()) -> InferR
     _check_output(output, items)  # what must not be replaced is refused before any lock file
     # A bad references or examples file is said before the model loads.
     passages = retrieve.for_items(items, settings.references)
-    examples = retrieve.examples_for(items, settings.examples)
+    examples = retrieve.examples_for(items, settings.examples, passages, settings.references.labels)
     # One run per output: a second would remove this one's temporary files and write its answers over ours.
     with exclusive(dataset.lock_path(output), str(output), "wait for it to finish, or choose another --output"):
         held = _check_output(output, items)  # again: a run that just ended may have added answers

@@ -18,21 +18,20 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .dataset import answer_of, item_key, load_items, read_text
 from .errors import InvalidInput
 from .fsutil import sha256_file
+from .labels import article_of, load_labels, same_question, title_key
+from .question import AS_STRAIGHT
 from .score import kiwi
 
 # Titles as the reference document writes them: `<분야 - 규정 제N항>`, wrapped over lines where a
 # PDF's text extraction broke them. The " - " tells them from a `<…>` inside a rule's examples.
 _TITLE = re.compile(r"<([^<>]{1,80}?\s[-–]\s[^<>]{1,120}?)>")
 _HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", re.M)  # a Markdown file of rules
-# Every quote mark as a straight one (a question may open with “ and close with ", or use 「」).
-_AS_STRAIGHT = str.maketrans({"“": '"', "”": '"', "„": '"', "「": '"', "」": '"', "『": '"', "』": '"',
-                              "‘": "'", "’": "'"})
 _QUOTED = re.compile(r'"([^"\n]+)"')
 _SINGLE_QUOTED = re.compile(r"'([^'\n]+)'")
 _HYPHENATED = re.compile(r"[가-힣]+(?:(?:\s-|-\s?)[가-힣]+)+")  # 윗-눈썹, 윗 -목, 윗- 자리 (not a title's " - ")
@@ -45,6 +44,7 @@ _FINAL_TO_LETTER = str.maketrans(_FINALS, _LETTERS)
 DEFAULT_COUNT = 3  # passages per question
 DEFAULT_EXAMPLES = 3  # solved questions per question
 DEFAULT_CHARS = 1000  # of each passage: the longest rules (쉼표, 외래어 표 …) run to several thousand
+RETRIEVER = 2  # 1: BM25 over the question's sentence; 2: routed by what the question asks about (route.py)
 
 
 @dataclass(frozen=True)
@@ -71,12 +71,15 @@ class RetrievalSettings:
     path: Path | None = None  # None: no references (the seed's prompts)
     count: int = DEFAULT_COUNT
     max_chars: int = DEFAULT_CHARS
+    labels: Path | None = None  # labelled questions (output.article) whose rules retrieval may use
 
     def record(self) -> dict | None:
-        """What decides the prompts: the file's content, not its name."""
+        """What decides the prompts: the files' content, not their names, and the retriever's
+        version (another ranking gives other prompts)."""
         if self.path is None:
             return None
-        return {"sha256": sha256_file(self.path), "count": self.count, "max_chars": self.max_chars}
+        return {"sha256": sha256_file(self.path), "count": self.count, "max_chars": self.max_chars,
+                "retriever": RETRIEVER, "labels": sha256_file(self.labels) if self.labels else None}
 
 
 def _cut(text: str, max_chars: int) -> str:
@@ -163,7 +166,7 @@ def load_references(path: Path) -> list[Reference]:
 def query_of(question: str) -> str:
     """What a question asks about: its quoted sentence (the rest, "가운데 올바른 것을 선택하고, 그 이유를
     설명하세요.", is the same in every question and would only match noise)."""
-    text = unicodedata.normalize("NFC", question).translate(_AS_STRAIGHT)
+    text = unicodedata.normalize("NFC", question).translate(AS_STRAIGHT)
     for line in text.splitlines():
         if "{" in line and line.count('"') >= 2:  # the sentence with the choices, quotes inside it too
             return line[line.index('"') + 1:line.rindex('"')]
@@ -202,11 +205,10 @@ class Retriever:
         # Kiwi writes an ending's consonant as a final jamo (ᆯ께), the norms as a letter (-(으)ㄹ께).
         return [t.translate(_FINAL_TO_LETTER) for t in morphemes + words + joined]
 
-    def search(self, query: str, count: int, among: Sequence[int] | None = None) -> list[int]:
-        """The `count` best documents (of those `among`) that share a telling term with the query, by
-        index, best first (ties: file order)."""
+    def scores(self, query: str, among: Sequence[int] | None = None) -> dict[int, float]:
+        """The BM25 score of each document (of those `among`) that shares a telling term with the query."""
         terms = set(self.terms(query))
-        scores = []
+        scores = {}
         for n in range(len(self._docs)) if among is None else among:
             doc, length = self._docs[n], self._lengths[n]
             s = 0.0
@@ -216,8 +218,33 @@ class Retriever:
                     norm = f * (self.K1 + 1) / (f + self.K1 * (1 - self.B + self.B * length / self._avg))
                     s += self._idf[term] * norm
             if s > 0:
-                scores.append((-s, n))
-        return [n for _, n in sorted(scores)[:count]]
+                scores[n] = s
+        return scores
+
+    def search(self, query: str, count: int, among: Sequence[int] | None = None) -> list[int]:
+        """The `count` best documents (of those `among`) that share a telling term with the query, by
+        index, best first (ties: file order)."""
+        return [n for n, _ in sorted(self.scores(query, among).items(), key=lambda kv: (-kv[1], kv[0]))[:count]]
+
+
+def ranker(settings: RetrievalSettings):
+    """The ranking for these settings (route.Ranker): the reference document, with its labelled
+    questions if any. A bad file of either is said here, before any model loads."""
+    from .route import Ranker  # (route builds on this module's passages and BM25)
+
+    refs = load_references(settings.path)
+    labelled = load_labels(settings.labels) if settings.labels else []
+    known = {title_key(r.title) for r in refs}
+    unknown = [x for x in labelled if x.title not in known]
+    if labelled and len(unknown) == len(labelled):
+        raise InvalidInput(f"{settings.labels}: none of its rule titles is a title of {settings.path} "
+                           f"(e.g. {unknown[0].title!r}): labels for another reference document?")
+    if unknown:
+        from . import console
+
+        console.warn(f"{len(unknown)} of {len(labelled)} labelled questions in {settings.labels} name a rule "
+                     f"{settings.path} has no title for (e.g. {unknown[0].title!r}); those labels point nowhere")
+    return Ranker(refs, labelled)
 
 
 def for_items(items: list[dict], settings: RetrievalSettings) -> dict[str, list[Reference]]:
@@ -225,14 +252,13 @@ def for_items(items: list[dict], settings: RetrievalSettings) -> dict[str, list[
     starts near the first word of the question it holds, if that lies past the cut."""
     if settings.path is None:
         return {}
-    refs = load_references(settings.path)
-    retriever = Retriever([f"{r.title} {r.text}" for r in refs])
+    rank = ranker(settings)
     found = {}
     for item in items:
-        query = query_of(item["input"]["question"])
-        words = [w for w in re.findall(r"\w+", query) if len(w) > 1]
-        found[item_key(item)] = [refs[n].around(words, settings.max_chars)
-                                 for n in retriever.search(query, settings.count)]
+        question = item["input"]["question"]
+        words = [w for w in re.findall(r"\w+", query_of(question)) if len(w) > 1]
+        found[item_key(item)] = [rank.refs[n].around(words, settings.max_chars)
+                                 for n, _ in rank.rank(question, settings.count)]
     return found
 
 
@@ -244,6 +270,7 @@ class Example:
     question_type: str
     question: str
     answer: str
+    title: str | None = None  # the rule it is about, where the file (or a labels file) says
 
     def render(self) -> str:
         return f"질문: {self.question}\n답변: {self.answer}"
@@ -259,21 +286,29 @@ class ExampleSettings:
 
 
 def load_examples(path: Path) -> list[Example]:
-    """The answered items of a competition file (train or dev: `output.answer` on each)."""
-    examples = [Example(item_key(i), str(i["input"].get("question_type", "")), i["input"]["question"], answer)
+    """The answered items of a competition file (train or dev: `output.answer` on each), with the
+    title of the rule each is about where it has `output.article`."""
+    examples = [Example(item_key(i), str(i["input"].get("question_type", "")), i["input"]["question"], answer,
+                        title_key(a) if (a := article_of(i)) else None)
                 for i in load_items(Path(path)) if (answer := (answer_of(i) or "").strip())]
     if not examples:
         raise InvalidInput(f"{path}: no item has an output.answer to show as an example (a test file?)")
     return examples
 
 
-def examples_for(items: list[dict], settings: ExampleSettings) -> dict[str, list[Example]]:
+def examples_for(items: list[dict], settings: ExampleSettings, rules: dict[str, list[Reference]] | None = None,
+                 labels: Path | None = None) -> dict[str, list[Example]]:
     """Each item's examples, by id: the most like it among the examples of its type (of all, where
     its type has none), never one that asks about the same sentence, so that a dev file given as its own
-    examples does not show the model its answers."""
+    examples does not show the model its answers.
+
+    With the rules retrieved for each item (`rules`, best first) and examples that say which rule
+    they are about (their own `output.article`, or a labels file's for the same question), the
+    examples of those rules come first, one of each rule in turn, each the most alike of its rule;
+    the most alike of any rule fill the rest."""
     if settings.path is None:
         return {}
-    examples = load_examples(settings.path)
+    examples = _titled(load_examples(settings.path), labels)
     queries = [query_of(e.question) for e in examples]
     retriever = Retriever(queries)
     by_type: dict[str, list[int]] = {}
@@ -284,9 +319,33 @@ def examples_for(items: list[dict], settings: ExampleSettings) -> dict[str, list
         asking.setdefault(_flat(q), set()).add(n)
     found = {}
     for item in items:
+        key = item_key(item)
         query = query_of(item["input"]["question"])
         pool = by_type.get(str(item["input"].get("question_type", "")), range(len(examples)))
         same = asking.get(_flat(query), set())  # the same sentence asked (in other words, too): its own answer
         among = [n for n in pool if n not in same]
-        found[item_key(item)] = [examples[n] for n in retriever.search(query, settings.count, among)]
+        alike = retriever.search(query, len(among), among)
+        titles = [r.title for r in (rules or {}).get(key, [])]
+        chosen = _by_rule(examples, alike + [n for n in among if n not in set(alike)], titles, settings.count)
+        found[key] = [examples[n] for n in chosen + [n for n in alike if n not in chosen]][:settings.count]
     return found
+
+
+def _titled(examples: list[Example], labels: Path | None) -> list[Example]:
+    """Examples with the rule a labels file gives the same question, where they say none."""
+    if labels is None:
+        return examples
+    titles = {same_question(x.question): x.title for x in load_labels(labels)}
+    return [e if e.title else replace(e, title=titles.get(same_question(e.question))) for e in examples]
+
+
+def _by_rule(examples: list[Example], order: list[int], titles: list[str], count: int) -> list[int]:
+    """Up to `count` examples of the given rules, one of each rule in turn (each in `order`)."""
+    keys = [title_key(t) for t in titles]
+    queues = [[n for n in order if examples[n].title == key] for key in keys]
+    chosen: list[int] = []
+    while len(chosen) < count and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(queue.pop(0))
+    return chosen
