@@ -15,7 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toolkit.retrieve import Retriever, load_references, query_of  # noqa: E402
+from toolkit.retrieve import load_references, query_of  # noqa: E402
+from toolkit.route import Ranker  # noqa: E402
 
 # Our own questions, each with the rule(s) of the 2025 reference document that answer it.
 DEV = [
@@ -55,10 +56,10 @@ def main() -> int:
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     refs = load_references(args.references)
-    retriever = Retriever([f"{r.title} {r.text}" for r in refs])
+    ranker = Ranker(refs)
     first = within = 0
     for question, expected in DEV:
-        titles = [refs[n].title for n in retriever.search(query_of(question), args.count)]
+        titles = [refs[n].title for n, _ in ranker.rank(question, args.count)]
         hits = [any(e in t for e in expected) for t in titles]
         first += bool(hits and hits[0])
         within += any(hits)

@@ -9,13 +9,15 @@ import sys
 import traceback
 from pathlib import Path
 
+from rich.markup import escape
+
 from . import __version__, console
 from .errors import DiskFull, ToolkitError, UserError
 from .fit import KV_TYPE_BYTES
 from .fsutil import NO_SPACE_ERRNOS
 from .quantizer import DEFAULT_TYPE, QUANT_TYPES
 from .retrieve import (DEFAULT_CHARS, DEFAULT_COUNT, DEFAULT_EXAMPLES, ExampleSettings, RetrievalSettings,
-                       load_examples, load_references)
+                       load_examples, ranker)
 from .sampler import SamplingParams
 
 
@@ -140,6 +142,29 @@ def _add_lora(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object (path, size, base, adapter)")
 
 
+def _add_retrieve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("retrieve", help="the rules infer --references finds for each question, and how often the "
+                                        "right one (output.article) is among them",
+                       description="No model is loaded. Examples:  toolkit retrieve test.json --references norms.txt "
+                                   "--references-labels train.json   |   toolkit retrieve dev.json --references "
+                                   "norms.txt --eval")
+    p.add_argument("questions", type=Path, help="competition JSON (with output.article for --eval)")
+    p.add_argument("--references", type=Path, metavar="FILE", required=True,
+                   help="the task's reference document as text (as infer takes it)")
+    p.add_argument("--references-labels", type=Path, metavar="FILE.json",
+                   help="labelled questions (output.article); a question never uses its own label, so the "
+                        "questions file itself measures leave-one-out")
+    p.add_argument("--count", type=positive, default=DEFAULT_COUNT, help=f"rules per question (default {DEFAULT_COUNT})")
+    p.add_argument("--examples", type=Path, metavar="FILE.json",
+                   help="solved questions, as infer takes: also shows which rule each chosen example is about")
+    p.add_argument("--examples-count", type=positive, metavar="N")
+    p.add_argument("--eval", action="store_true",
+                   help="R@1, R@3, R@5 and MRR overall, per type and per section, the commonest misses")
+    p.add_argument("--json", action="store_true",
+                   help="a list of {id, titles, scores}; with --eval one object (n, r@1, r@3, r@5, mrr, by_type, "
+                        "by_section, misses)")
+
+
 def _add_infer(sub: argparse._SubParsersAction) -> None:
     d = SamplingParams()
     p = sub.add_parser("infer", help="answer every question of a competition JSON file with a GGUF model",
@@ -162,8 +187,12 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--chat-template", type=Path, help="jinja chat template to use instead of the model's")
     g.add_argument("--references", type=Path, metavar="FILE",
                    help="the task's reference document of norms as text (passages under <분야 - 규정> titles, "
-                        "Markdown headings or blank lines) or JSON/JSONL: each question gets the passages that "
-                        "match it best (BM25) in its prompt under [참고 규범]")
+                        "Markdown headings or blank lines) or JSON/JSONL: each question gets the rules of what "
+                        "it asks about (a space, a mark, a loanword, a spelling) in its prompt under [참고 규범]")
+    g.add_argument("--references-labels", type=Path, metavar="FILE.json",
+                   help="labelled questions (competition JSON with output.article, the organisers' retriever "
+                        "files): retrieval also weighs the rules of the most similar ones; examples prefer the "
+                        "rules found")
     g.add_argument("--references-count", type=positive, metavar="N",
                    help=f"passages per question (default {DEFAULT_COUNT})")
     g.add_argument("--references-chars", type=positive, metavar="N",
@@ -236,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     _add_infer(sub)
+    _add_retrieve(sub)
 
     p = sub.add_parser("bench", help="prompt / generation / aggregate tok/s and memory at several --parallel",
                        description="Runs infer on the questions (default: the bundled samples) once per --parallel "
@@ -248,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=Path, help="TOML with system / selection / correction / generic, as infer "
                    "takes (default: the seed's prompts)")
     p.add_argument("--references", type=Path, metavar="FILE", help="norms for each question's prompt, as infer takes")
+    p.add_argument("--references-labels", type=Path, metavar="FILE.json", help="labelled questions, as infer takes")
     p.add_argument("--references-count", type=positive, metavar="N")
     p.add_argument("--references-chars", type=positive, metavar="N")
     p.add_argument("--examples", type=Path, metavar="FILE.json", help="solved questions for each prompt, as infer takes")
@@ -452,11 +483,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def retrieval_settings(args: argparse.Namespace):
     """--references and --examples with their counts; a count without its file is a mistake, said."""
     for option, needs in (("references_count", "references"), ("references_chars", "references"),
-                          ("examples_count", "examples")):
-        if getattr(args, option) is not None and getattr(args, needs) is None:
+                          ("references_labels", "references"), ("examples_count", "examples")):
+        if getattr(args, option, None) is not None and getattr(args, needs) is None:
             raise UserError(f"--{option.replace('_', '-')} needs --{needs} FILE")
     return (RetrievalSettings(args.references, args.references_count or DEFAULT_COUNT,
-                              args.references_chars or DEFAULT_CHARS),
+                              getattr(args, "references_chars", None) or DEFAULT_CHARS, args.references_labels),
             ExampleSettings(args.examples, args.examples_count or DEFAULT_EXAMPLES))
 
 
@@ -580,6 +611,60 @@ def cmd_vote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    from . import recall
+
+    args.references_count = args.count
+    references, examples = retrieval_settings(args)
+    result = recall.run(args.questions, references, examples)
+    if args.eval:
+        report = recall.evaluate(result)
+        if args.json:
+            print(json.dumps(report, ensure_ascii=False))
+        else:
+            print_recall(report, result)
+        return 0
+    if args.json:
+        print(json.dumps([{"id": f.id, "titles": f.titles, "scores": f.scores,
+                           **({"examples": f.examples} if examples.path else {})} for f in result.found],
+                         ensure_ascii=False))
+        return 0
+    for f in result.found:
+        shown = "; ".join(f"{t} ({s:.2f})" for t, s in zip(f.titles, f.scores)) or "—"
+        console.out.print(f"{f.id}\t{shown}", markup=False)
+    console.notice(f"{len(result.found)} questions in {result.seconds:.1f} s")
+    return 0
+
+
+def print_recall(report: dict, result) -> None:
+    from rich.table import Table
+
+    table = Table(title="retrieval", title_justify="left")
+    for col in ("", "n", "R@1", "R@3", "R@5", "MRR"):
+        table.add_column(col, justify="left" if not col else "right")
+    rows = [("all", report)] + [(f"type {k}", v) for k, v in report["by_type"].items()] \
+        + [(f"section {k}", v) for k, v in report["by_section"].items()]
+    for name, r in rows:
+        table.add_row(escape(name), str(r["n"]), *(f"{r[k]:.3f}" for k in ("r@1", "r@3", "r@5", "mrr")))
+    labels = f", {result.labelled} labelled questions" if result.labelled else ", no labels"
+    table.caption = f"{len(result.titles)} rules{labels}; {report['seconds']:.1f} s for {len(result.found)} questions"
+    console.out.print(table)
+    if report["misses"]:
+        console.out.print("commonest misses (gold → first found):")
+        for m in report["misses"]:
+            console.out.print(f"  {m['count']:>3}  {m['gold']} → {m['found'] or '—'}", markup=False)
+    if report["unknown_gold"]:
+        console.warn(f"{report['unknown_gold']} gold titles are not titles of the reference document")
+    if "examples" in report:
+        ex = report["examples"]
+        if ex["titled"]:
+            console.out.print(f"examples about the question's own rule: first {ex['first']:.1%}, "
+                              f"any of those shown {ex['any']:.1%}")
+        else:
+            console.out.print("examples: none says which rule it is about (output.article, or "
+                              "--references-labels for the same questions)")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -589,7 +674,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     references, examples = retrieval_settings(args)
     if args.references:  # a bad file is said once, not by each --parallel's process
-        load_references(args.references)
+        ranker(references)
     if args.examples:
         load_examples(args.examples)
     settings = BenchSettings(parallel=tuple(args.parallel or (1, 4)),
@@ -631,8 +716,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"setup": cmd_setup, "doctor": cmd_doctor, "quantize": cmd_quantize, "compare": cmd_compare,
-            "lora": cmd_lora, "inspect": cmd_inspect, "infer": cmd_infer, "bench": cmd_bench, "score": cmd_score,
-            "vote": cmd_vote, "demo": cmd_demo}
+            "lora": cmd_lora, "inspect": cmd_inspect, "infer": cmd_infer, "retrieve": cmd_retrieve, "bench": cmd_bench,
+            "score": cmd_score, "vote": cmd_vote, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -642,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
     except ToolkitError as e:
         if args.verbose:
             traceback.print_exc()
-        console.err.print(f"[red]error:[/red] {e}")
+        console.err.print(f"[red]error:[/red] {escape(str(e))}")
         return e.exit_code
     except KeyboardInterrupt:
         console.err.print("[red]interrupted[/red]: finished work is kept and nothing half-written is left; rerun to go on")
