@@ -58,6 +58,12 @@ def test_the_mark_and_the_part_of_speech_pick_the_passage(ranker):
     assert first(ranker, CORRECT + '"내일 다시 연락할께."') == ["한글 맞춤법 제53항"]  # kiwipiepy's typo model
 
 
+def test_a_question_that_shows_nothing_to_route_by_is_ranked_by_its_words(ranker):
+    asked = ranker.reading("띄어쓰기에서 의존 명사는 어떻게 쓰나요?")
+    assert asked.sections == {} and asked.query == "띄어쓰기에서 의존 명사는 어떻게 쓰나요?"
+    assert first(ranker, "띄어쓰기에서 의존 명사는 어떻게 쓰나요?") == ["한글 맞춤법 제42항"]
+
+
 def test_without_sections_it_is_bm25_over_the_words(ranker):
     refs = parse_references("## 조사\n조사는 붙여 쓴다. 너마저\n\n## 의존 명사\n의존 명사는 띄어 쓴다. 본 적이 있다")
     plain = Ranker(refs)

@@ -43,8 +43,9 @@ class Asked:
     in; empty where there are none), `sentence` (the sentence asked about, choices as written),
     `differs` (SPACE, PUNCT, WORD or None: what the candidates differ in), `words` (the words
     that differ, or for a question without candidates the words it quotes), `marks` (names of
-    the punctuation marks involved, most telling first) and `about_marks` (the question says it
-    is about punctuation: 문장 부호 in its instruction, a `( )` to fill, a line to correct)."""
+    the punctuation marks involved, most telling first), `about_marks` (the question says it
+    is about punctuation: 문장 부호 in its instruction, a `( )` to fill, a line to correct) and
+    `quoted` (it shows what it asks about: candidates, quotes or a line; else nothing to go by)."""
 
     sentence: str
     candidates: tuple[str, ...] = ()
@@ -52,6 +53,7 @@ class Asked:
     words: tuple[str, ...] = ()
     marks: tuple[str, ...] = ()
     about_marks: bool = False
+    quoted: bool = True  # False: no candidates, quotes or line said what it asks about (its last line is taken)
 
 
 def normal(text: str) -> str:
@@ -219,7 +221,8 @@ def read(question: str) -> Asked:
     sentence = sentence.strip()
     marks = _marks_to_check(sentence) if about_marks else []
     words = tuple(re.findall(r"'([^'\n]+)'", text)) if "'" in text and not given else ()
-    return Asked(sentence, (), None, words, tuple(marks), about_marks)
+    quoted = bool(given or words or '"' in text)
+    return Asked(sentence, (), None, words, tuple(marks), about_marks, quoted)
 
 
 def _from_candidates(sentence: str, candidates: list[str], about_marks: bool) -> Asked:

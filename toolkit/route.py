@@ -173,6 +173,8 @@ class Ranker:
             latin = any(re.search("[A-Za-z]", w) for w in asked.words) or _LATIN.search(question)
             loan = bool(latin) or (all(nouns) and self.loanwords.is_loanword(nouns))
             sections = {LOANWORDS if loan else SPELLING: 1.0}
+        elif not asked.quoted:  # nothing says what it asks about: BM25 over its words, everywhere
+            sections = {}
         else:  # a sentence to correct: a word misspelt, or a space
             sections, query, pair = self._to_correct(asked)
             if pair and sections.get(SPACING) == self.SURE:
