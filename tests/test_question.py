@@ -62,3 +62,14 @@ def test_a_broken_brace_still_gives_the_choice():
 def test_the_same_alternative_twice_asks_about_the_word():
     asked = read('"입력한 {자료/자료}가 사라졌다."' + CHOOSE)
     assert asked.differs == WORD and asked.words == ("자료",)
+
+
+def test_candidates_that_answers_may_be_held_to():
+    three = read('"그는 {학교/학굣/학교에} 갔다."' + CHOOSE)
+    assert three.candidates == ("그는 학교 갔다.", "그는 학굣 갔다.", "그는 학교에 갔다.") and three.exact
+    marks = read('"{9월 1일~9월 3일/9월 1일 ~ 9월 3일}, 휴관합니다."' + CHOOSE)
+    assert marks.candidates == ("9월 1일~9월 3일, 휴관합니다.", "9월 1일 ~ 9월 3일, 휴관합니다.") and marks.exact
+    nested = read('"{호텔에는 {수건/타올}이 있다."' + CHOOSE)
+    assert nested.candidates and not nested.exact  # read for retrieval, not held to for answers
+    assert not read('"약속컨대/약속건대} 꼭 갚겠다."' + CHOOSE).exact
+    assert read('"{가/나}"' + CHOOSE).exact and not read('"{과일(사과, 배)}"' + CHOOSE).candidates

@@ -14,7 +14,7 @@ import difflib
 import itertools
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # Every quote mark as a straight one (a question may open with “ and close with ", or use 「」).
 AS_STRAIGHT = str.maketrans({"“": '"', "”": '"', "„": '"', "「": '"', "」": '"', "『": '"', "』": '"',
@@ -54,6 +54,8 @@ class Asked:
     marks: tuple[str, ...] = ()
     about_marks: bool = False
     quoted: bool = True  # False: no candidates, quotes or line said what it asks about (its last line is taken)
+    exact: bool = True  # the candidates are the question's own, not read around broken or nested braces
+    lines: bool = False  # the candidates are `― ` lines (choices whatever the question's type says)
 
 
 def normal(text: str) -> str:
@@ -69,7 +71,7 @@ def _quoted_sentence(line: str) -> str:
 
 def choice_groups(sentence: str) -> list[list[str]]:
     """The `{A/B}` groups of a sentence, each as its alternatives (stripped)."""
-    return [[a.strip() for a in m.group(1).split("/")] for m in _CHOICE.finditer(sentence)]
+    return [[a.strip() for a in m.group(1).split("/") if a.strip()] for m in _CHOICE.finditer(sentence)]
 
 
 def fill(sentence: str) -> list[str]:
@@ -84,6 +86,16 @@ def fill(sentence: str) -> list[str]:
         text = "".join(p if i % 2 == 0 else combo[i // 2] for i, p in enumerate(parts))
         out.append(" ".join(text.replace("{", "").replace("}", "").split()))
     return out
+
+
+def _balanced(sentence: str) -> bool:
+    """Every brace pairs with one, none inside another (`{가 {나/다}` is not)."""
+    depth = 0
+    for ch in sentence:
+        depth += (ch == "{") - (ch == "}")
+        if depth not in (0, 1):
+            return False
+    return depth == 0
 
 
 def _lines(text: str) -> list[str]:
@@ -197,17 +209,18 @@ def read(question: str) -> Asked:
     about_marks = "문장 부호" in text or bool(_BLANK.search(text))
     # Choices as lines: `다음 중 … 선택하고 …\n― A\n― B`, whatever the question's type says.
     if len(given) >= 2:
-        return _from_candidates(given[0], given, about_marks)
+        return replace(_from_candidates(given[0], given, about_marks), lines=True)
     for line in lines:
         if "/" in line and ("{" in line or "}" in line):
             sentence = _quoted_sentence(line)
             if "/" not in sentence:  # the quotes were inside the braces' sentence: take the line
                 sentence = line
             candidates = fill(sentence)
+            exact = bool(candidates) and _balanced(sentence)
             if not candidates and "/" in sentence and "}" in sentence:  # `"약속컨대/약속건대} …`
                 candidates = fill(re.sub(r"(^|\s)([^\s{}/]+/[^{}]*})", r"\1{\2", sentence, count=1))
             if len(candidates) >= 2:
-                return _from_candidates(sentence, candidates, about_marks)
+                return replace(_from_candidates(sentence, candidates, about_marks), exact=exact)
     # A sentence to correct: a `―` line, else the quoted text, else the last line.
     if given:
         sentence = given[-1]

@@ -132,19 +132,23 @@ def item_seed(seed: int, item_id: str) -> int:
 
 
 class Sampler:
-    """Sampling state for one sequence: the tokens seen so far and its random stream."""
+    """Sampling state for one sequence: the tokens seen so far, its random stream and, for an
+    answer form (constraints.Constraint), what it may write next."""
 
-    def __init__(self, params: SamplingParams, prompt_ids: list[int], n_vocab: int, seed: int):
+    def __init__(self, params: SamplingParams, prompt_ids: list[int], n_vocab: int, seed: int, constraint=None):
         self.params = params
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self._seen = np.zeros(n_vocab, dtype=bool)
         self._seen[np.asarray(prompt_ids, dtype=np.int64)] = True
         self._seen_ids = np.flatnonzero(self._seen)
+        self.constraint = constraint
 
     def accept(self, token: int) -> None:
         if not self._seen[token]:
             self._seen[token] = True
             self._seen_ids = np.append(self._seen_ids, token)
+        if self.constraint is not None:
+            self.constraint.accept(token)
 
     def candidates(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores = np.array(logits, dtype=np.float32, copy=True)
@@ -158,6 +162,8 @@ class Sampler:
         return warp(scores, self.params)
 
     def sample(self, logits: np.ndarray) -> int:
+        if self.constraint is not None and not self.constraint.done:
+            logits = self.constraint.apply(logits)  # before HF's processors: they see the allowed tokens only
         ids, probs = self.candidates(logits)
         if ids.size == 1:
             token = int(ids[0])
