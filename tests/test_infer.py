@@ -134,7 +134,7 @@ def test_resume_records_from_before_votes_and_other_fields_and_from_toolkit_vote
     out = tmp_path / "old.json"
     shutil.copy(first, out)
     record = json.loads(dataset.settings_path(first).read_text(encoding="utf-8"))
-    for newer in ("num_return_sequences", "cache_type", "batch_invariant", "references"):  # kept since
+    for newer in ("num_return_sequences", "cache_type", "batch_invariant", "references", "answer_form"):  # kept since
         del record[newer]
     dataset.settings_path(out).write_text(json.dumps(record), encoding="utf-8")
     assert infer(SAMPLES, settings(output=out)).resumed == 8

@@ -28,6 +28,7 @@ class BenchSettings:
     prompts: PromptSet = field(default_factory=PromptSet)
     references: RetrievalSettings = field(default_factory=RetrievalSettings)  # norms lengthen the prompts too
     examples: ExampleSettings = field(default_factory=ExampleSettings)  # and so do examples
+    answer_form: str = "free"  # constraints.py: what holding answers to the form costs
 
 
 def _watch_vram(stop: threading.Event, peak: list[int]) -> None:
@@ -61,7 +62,8 @@ def _measure(model: str, input_path: str, parallel: int, settings: BenchSettings
             r = infer(Path(input_path), InferSettings(model=Path(model), output=Path(tmp) / "out.json", resume=False,
                                                       parallel=parallel, sampling=settings.sampling,
                                                       engine=settings.engine, prompts=settings.prompts,
-                                                      references=settings.references, examples=settings.examples))
+                                                      references=settings.references, examples=settings.examples,
+                                                      answer_form=settings.answer_form))
             wall = time.perf_counter() - t0
     finally:
         stop.set()

@@ -15,6 +15,7 @@ from . import __version__, console
 from .errors import DiskFull, ToolkitError, UserError
 from .fit import KV_TYPE_BYTES
 from .fsutil import NO_SPACE_ERRNOS
+from .constraints import FORMS
 from .quantizer import DEFAULT_TYPE, QUANT_TYPES
 from .retrieve import (DEFAULT_CHARS, DEFAULT_COUNT, DEFAULT_EXAMPLES, ExampleSettings, RetrievalSettings,
                        load_examples, ranker)
@@ -202,6 +203,10 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                         "questions of its type most like it, under [참고 예시]")
     g.add_argument("--examples-count", type=positive, metavar="N",
                    help=f"examples per question (default {DEFAULT_EXAMPLES})")
+    g.add_argument("--answer-form", choices=FORMS, default="free",
+                   help="free: as the model writes (the seed's); strict: every 선택형/교정형 answer opens with "
+                        "\"…\"가 옳다. , a 선택형 one with one of its {A/B} candidates; choose: the 선택형 candidate "
+                        "the model finds likeliest opens the answer (교정형 as strict)")
     g = p.add_argument_group("sampling (HF generate semantics)")
     g.add_argument("--temperature", type=float, default=d.temperature)
     g.add_argument("--top-p", type=float, default=d.top_p)
@@ -283,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--references-chars", type=positive, metavar="N")
     p.add_argument("--examples", type=Path, metavar="FILE.json", help="solved questions for each prompt, as infer takes")
     p.add_argument("--examples-count", type=positive, metavar="N")
+    p.add_argument("--answer-form", choices=FORMS, default="free", help="as infer takes it (default free)")
     _add_placement(p)
     p.add_argument("--batch-invariant", action="store_true")
     p.add_argument("--json", action="store_true", help="print a list of objects")
@@ -513,7 +519,7 @@ def infer_settings(args: argparse.Namespace):
     references, examples = retrieval_settings(args)
     return InferSettings(model=args.model, output=args.output, sampling=sampling, engine=engine, prompts=prompts,
                          references=references, examples=examples, chat_template=args.chat_template, resume=args.resume,
-                         dry_run=args.dry_run, parallel=args.parallel)
+                         dry_run=args.dry_run, parallel=args.parallel, answer_form=args.answer_form)
 
 
 def print_infer_result(r, as_json: bool = False) -> None:
@@ -529,6 +535,7 @@ def print_infer_result(r, as_json: bool = False) -> None:
         "layers_on_gpu": f"{r.load.layers_offloaded}/{r.load.layers_total}", "backend": r.load.backend,
         "llama_cpp_offload_log": r.load.offload_log,
         "memory_mib": r.memory,
+        "answer_form": r.answer_form, "choices": r.choices,
     }
     if as_json:
         print(json.dumps(summary, ensure_ascii=False))
@@ -542,6 +549,18 @@ def print_infer_result(r, as_json: bool = False) -> None:
         console.out.print(f'{r.missing_form} of {r.form_checked} 선택형/교정형 answers lack the "…"가 옳다 form')
     if r.votes > 1 and r.agreement:
         console.out.print(describe_agreement(r.agreement, r.votes))
+    if r.choices:
+        console.out.print(describe_choices(r.choices))
+
+
+def describe_choices(choices: dict[str, dict]) -> str:
+    """`choose: 4 선택형 answers opened with the likeliest candidate, margins 0.12 to 3.40 (median 1.05)`."""
+    margins = sorted(c["margin"] for c in choices.values() if c["margin"] is not None)
+    text = f"choose: {len(choices)} 선택형 answer(s) opened with the likeliest candidate"
+    if margins:
+        text += (f"; margins (log-probability over the next best) {margins[0]:.2f} to {margins[-1]:.2f}, "
+                 f"median {margins[len(margins) // 2]:.2f}")
+    return text + " (--json lists each)"
 
 
 def _agreement_json(agreement: dict[int, int]) -> dict[str, int]:
@@ -679,7 +698,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         load_examples(args.examples)
     settings = BenchSettings(parallel=tuple(args.parallel or (1, 4)),
                              prompts=load_prompt_file(args.prompts) if args.prompts else PromptSet(),
-                             references=references, examples=examples,
+                             references=references, examples=examples, answer_form=args.answer_form,
                              sampling=SamplingParams(max_new_tokens=args.max_new_tokens).validate(),
                              engine=EngineSettings(n_gpu_layers=args.n_gpu_layers, vram_limit=args.vram_limit,
                                                    cache_type=args.cache_type, batch_invariant=args.batch_invariant))

@@ -118,6 +118,137 @@ class Generation:
     stopped: str  # "eog", "length" or "context"
     prompt_seconds: float
     gen_seconds: float
+    chosen: int = -1  # answer form `choose`: the opening kept (its index), -1 for none
+    margin: float | None = None  # its log-probability over the next best opening's
+    written: int = 0  # tokens of `tokens` written, not sampled (the opening kept): evaluated as a prompt is
+
+    @property
+    def sampled(self) -> int:
+        return len(self.tokens) - self.written
+
+
+def stop_rule(engine: "Engine", token: int, tokens: list[int], max_new_tokens: int, length: int,
+              n_ctx: int) -> str | None:
+    """Once `token` is sampled: "eog" (not kept), else it is kept and "length" (max_new_tokens
+    reached), "context" (the sequence, `length` tokens with it, fills its share of the cache) or
+    None (go on). The one stop rule of the single-stream and the batched decoders."""
+    if engine.is_eog(token):
+        return "eog"
+    tokens.append(token)
+    if len(tokens) >= max_new_tokens:
+        return "length"
+    if length >= n_ctx:
+        return "context"
+    return None
+
+
+class Step:
+    """One llama_batch over an engine's context: rows in (token, position, sequence, whether its
+    logits are wanted), one llama_decode, logits out. The single-stream and the batched decoders
+    and the scoring of answer openings all decode through it."""
+
+    def __init__(self, engine: "Engine", size: int) -> None:
+        import llama_cpp
+
+        self.engine = engine
+        self.size = size
+        self.batch = llama_cpp.llama_batch_init(size, 0, 1)
+
+    def close(self) -> None:
+        import llama_cpp
+
+        if self.batch is not None:
+            llama_cpp.llama_batch_free(self.batch)
+            self.batch = None
+
+    def __enter__(self) -> "Step":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.batch.n_tokens
+
+    def clear(self) -> None:
+        self.batch.n_tokens = 0
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        """A row; returns its index (the logits row, where asked for)."""
+        b, i = self.batch, self.batch.n_tokens
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = logits
+        b.n_tokens = i + 1
+        return i
+
+    def decode(self) -> float:
+        """Evaluate the rows; the seconds it took."""
+        import llama_cpp
+
+        t = time.perf_counter()
+        rc = llama_cpp.llama_decode(self.engine.ctx, self.batch)
+        if rc != 0:
+            raise DecodeFailed(
+                f"llama.cpp could not evaluate a batch of {self.batch.n_tokens} tokens (llama_decode returned {rc}); "
+                "the KV cache may be full: lower --parallel or raise --n-ctx")
+        # On a GPU llama_decode returns once the work is queued: wait, so that time is work done.
+        llama_cpp.llama_synchronize(self.engine.ctx)
+        return time.perf_counter() - t
+
+    def logits(self, row: int) -> np.ndarray:
+        """A view of the last decode's logits for a row (valid until the next decode)."""
+        import llama_cpp
+
+        ptr = llama_cpp.llama_get_logits_ith(self.engine.ctx, row)
+        return np.ctypeslib.as_array(ptr, shape=(self.engine.n_vocab,))
+
+    def feed(self, tokens: list[int], pos: int, seq: int, logits_last: bool = True) -> float:
+        """Evaluate tokens of one sequence from position `pos`, in batches; logits for the last."""
+        seconds = 0.0
+        for start in range(0, len(tokens), self.size):
+            self.clear()
+            chunk = tokens[start:start + self.size]
+            for j, tok in enumerate(chunk):
+                self.add(tok, pos + start + j, seq, logits_last and start + j == len(tokens) - 1)
+            seconds += self.decode()
+        return seconds
+
+
+def _log_softmax_at(logits: np.ndarray, token: int) -> float:
+    x = np.asarray(logits, dtype=np.float64)
+    top = x.max()
+    return float(x[token] - top - np.log(np.exp(x - top).sum()))
+
+
+def choose_opening(step: Step, seq: int, pos: int, first: np.ndarray, openings: list[list[int]],
+                   rows: int) -> tuple[int, float | None, list[float]]:
+    """Answer form `choose`: each opening's log-probability after the `pos` tokens of sequence
+    `seq` (teacher-forced; `first`: the logits that predict its first token), evaluated in that
+    sequence and taken out of it again, at most `rows` logits rows a decode. Returns the best
+    opening's index, its margin over the next best (None for a single one) and every score."""
+    import llama_cpp
+
+    mem = llama_cpp.llama_get_memory(step.engine.ctx)
+    scores = []
+    for tokens in openings:
+        total = _log_softmax_at(first, tokens[0])
+        body = tokens[:-1]  # each predicts the next
+        for start in range(0, len(body), rows):
+            step.clear()
+            chunk = body[start:start + rows]
+            for j, tok in enumerate(chunk):
+                step.add(tok, pos + start + j, seq, True)
+            step.decode()
+            for j in range(len(chunk)):
+                total += _log_softmax_at(step.logits(j), tokens[start + j + 1])
+        llama_cpp.llama_memory_seq_rm(mem, seq, pos, -1)
+        scores.append(total)
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    margin = scores[order[0]] - scores[order[1]] if len(order) > 1 else None
+    return order[0], margin, scores
 
 
 class Engine:
@@ -360,23 +491,6 @@ class Engine:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
     # -- generation ----------------------------------------------------------------------------
-    def _decode(self, tokens: list[int]) -> None:
-        import llama_cpp
-
-        arr = (llama_cpp.llama_token * len(tokens))(*tokens)
-        rc = llama_cpp.llama_decode(self.ctx, llama_cpp.llama_batch_get_one(arr, len(tokens)))
-        if rc != 0:
-            raise DecodeFailed(f"llama.cpp could not evaluate {len(tokens)} tokens (llama_decode returned {rc})")
-        # On a GPU llama_decode returns once the work is queued: wait here, so that prompt time
-        # is prompt time (reading the logits would wait anyway).
-        llama_cpp.llama_synchronize(self.ctx)
-
-    def _logits(self) -> np.ndarray:
-        import llama_cpp
-
-        ptr = llama_cpp.llama_get_logits_ith(self.ctx, -1)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
-
     def score(self, tokens: list[int], first: int, on_row: Callable[[int, np.ndarray], None]) -> None:
         """Teacher forcing: evaluate `tokens` in one sequence and call on_row(i, logits) with the
         logits that predict tokens[i], for every i from `first` on (as llama-perplexity scores)."""
@@ -390,24 +504,16 @@ class Engine:
         if self.logits_rows < min(step, len(tokens)):
             raise ToolkitError(f"scoring needs a context opened for {step} logits rows, not {self.logits_rows}")
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
-        batch = llama_cpp.llama_batch_init(step, 0, 1)
-        try:
+        with Step(self, step) as batch:
             for start in range(0, len(tokens) - 1, step):
                 chunk = tokens[start:min(start + step, len(tokens) - 1)]
+                batch.clear()
                 for j, tok in enumerate(chunk):
-                    batch.token[j], batch.pos[j], batch.n_seq_id[j] = tok, start + j, 1
-                    batch.seq_id[j][0] = 0
-                    batch.logits[j] = start + j + 1 >= first
-                batch.n_tokens = len(chunk)
-                rc = llama_cpp.llama_decode(self.ctx, batch)
-                if rc != 0:
-                    raise DecodeFailed(f"llama.cpp could not evaluate {len(chunk)} tokens (llama_decode returned {rc})")
+                    batch.add(tok, start + j, 0, start + j + 1 >= first)
+                batch.decode()
                 for j in range(len(chunk)):
                     if start + j + 1 >= first:
-                        ptr = llama_cpp.llama_get_logits_ith(self.ctx, j)
-                        on_row(start + j + 1, np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))
-        finally:
-            llama_cpp.llama_batch_free(batch)
+                        on_row(start + j + 1, batch.logits(j))
 
     def prompt_logits(self, prompt: list[int]) -> np.ndarray:
         """The next-token logits after `prompt`, evaluated as a fresh sequence (a copy)."""
@@ -416,11 +522,14 @@ class Engine:
         if self.ctx is None:
             raise ToolkitError("no context: call open_context first")
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
-        for i in range(0, len(prompt), self.n_batch):
-            self._decode(prompt[i:i + self.n_batch])
-        return self._logits().copy()
+        with Step(self, self.n_batch) as step:
+            step.feed(prompt, 0, 0)
+            return step.logits(len(step) - 1).copy()
 
-    def generate(self, prompt: list[int], sampler: Sampler, max_new_tokens: int) -> Generation:
+    def generate(self, prompt: list[int], sampler: Sampler, max_new_tokens: int,
+                 openings: list[list[int]] | None = None) -> Generation:
+        """One answer. With `openings` (answer form `choose`), the one the model finds likeliest
+        is written first and the answer goes on from it."""
         import llama_cpp
 
         if self.ctx is None:
@@ -428,22 +537,29 @@ class Engine:
         if len(prompt) >= self.n_ctx:
             raise UserError(f"the prompt has {len(prompt)} tokens but the context holds {self.n_ctx}; raise --n-ctx")
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
-        t0 = time.perf_counter()
-        step = self.n_batch
-        for i in range(0, len(prompt), step):
-            self._decode(prompt[i:i + step])
-        t1 = time.perf_counter()
         out: list[int] = []
-        stopped = "length"
-        while len(out) < max_new_tokens:
-            token = sampler.sample(self._logits())
-            if self.is_eog(token):
-                stopped = "eog"
-                break
-            out.append(token)
-            if len(prompt) + len(out) >= self.n_ctx:
-                stopped = "context"
-                break
-            self._decode([token])
-        t2 = time.perf_counter()
-        return Generation(out, self.detokenize(out), len(prompt), stopped, t1 - t0, t2 - t1)
+        chosen, margin = -1, None
+        with Step(self, self.n_batch) as step:
+            t0 = time.perf_counter()
+            step.feed(prompt, 0, 0)
+            logits = step.logits(len(step) - 1)
+            if openings:  # scored and written as a prompt is: its time is prompt time
+                chosen, margin, _ = choose_opening(step, 0, len(prompt), logits.copy(), openings,
+                                                   min(self.logits_rows, self.n_batch))
+                opening = openings[chosen][:max_new_tokens]
+                step.feed(opening, len(prompt), 0)
+                logits = step.logits(len(step) - 1)
+                for tok in opening:
+                    sampler.accept(tok)
+                out = list(opening)
+            t1 = time.perf_counter()
+            stopped = "length" if len(out) >= max_new_tokens else None
+            while stopped is None:
+                token = sampler.sample(logits)
+                stopped = stop_rule(self, token, out, max_new_tokens, len(prompt) + len(out) + 1, self.n_ctx)
+                if stopped is None:
+                    step.feed([token], len(prompt) + len(out) - 1, 0)
+                    logits = step.logits(0)
+            t2 = time.perf_counter()
+        return Generation(out, self.detokenize(out), len(prompt), stopped, t1 - t0, t2 - t1, chosen, margin,
+                          0 if chosen < 0 else len(openings[chosen][:max_new_tokens]))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from . import chat_template, console, dataset, embedded, gguf, manifest, retrieve
+from . import chat_template, console, constraints, dataset, embedded, gguf, manifest, retrieve
 from .clean import clean_answer
 from .engine import Engine, EngineSettings, Generation, LoadInfo
 from .errors import ModelNotFound, OutputExists, UserError
@@ -39,6 +39,7 @@ class InferSettings:
     dry_run: bool = False
     models_dir: Path = Path("models")
     parallel: int | None = None  # sequences decoded together; None: DEFAULT_PARALLEL for the backend
+    answer_form: str = "free"  # free (the seed's), strict or choose: see constraints.py
 
 
 @dataclass
@@ -60,6 +61,8 @@ class InferResult:
     missing_form: int = 0  # … of which lack "…"가 옳다
     votes: int = 1  # answers sampled per question
     agreement: dict[int, int] = field(default_factory=dict)  # votes for the kept sentence → questions
+    answer_form: str = "free"
+    choices: dict[str, dict] = field(default_factory=dict)  # choose: per 선택형 item, the candidate kept and its margin
 
     parallel: int = 1
     lora: Path | None = None
@@ -195,6 +198,7 @@ def settings_record(settings: InferSettings, params: SamplingParams, model: Path
         "references": settings.references.record(),
         "examples": settings.examples.record(),
         "chat_template": sha256_file(template) if template else None,
+        "answer_form": settings.answer_form,
     }
 
 
@@ -216,7 +220,7 @@ def _check_resume(output: Path, answered: int, record: dict) -> None:
         raise UserError(f"{output} holds answers toolkit vote chose among {', '.join(held[VOTE_RECORD])}; "
                         "choose another --output, or --no-resume to start over")
     # Records written before these were kept: one answer each, the default cache and kernels.
-    held = {"num_return_sequences": 1, "cache_type": "f16", "batch_invariant": False, **held}
+    held = {"num_return_sequences": 1, "cache_type": "f16", "batch_invariant": False, "answer_form": "free", **held}
     for key in ("references", "examples"):  # turned on or off: said whole, not field by field
         if (held.get(key) is None) != (record.get(key) is None):
             held, record = ({**r, key: "none" if r.get(key) is None else "from a file"} for r in (held, record))
@@ -297,6 +301,15 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
             if not token_ids[key]:
                 raise UserError(f"item {key}: the chat template renders an empty prompt")
         todo = [i for i in items if dataset.item_key(i) not in previous]
+        # The answer form: what each answer is held to (constraints.py); `free` holds none.
+        forms = {dataset.item_key(i): constraints.plan_for(str(i["input"].get("question_type", "")),
+                                                            i["input"]["question"], settings.answer_form) for i in items}
+        for key in (dataset.item_key(i) for i in todo):
+            if forms[key].fallback:
+                console.warn(f"item {key}: a 선택형 question whose {{…}} gives no candidates (no braces, nested braces "
+                             "or one alternative): its answer is held to the 교정형 form")
+        openings = {key: [engine.tokenize(o) for o in f.openings] for key, f in forms.items() if f.openings}
+        longest_opening = max((len(o) for ops in openings.values() for o in ops), default=0)
         # Only the prompts still to answer size the context: a resume never needs room for the rest.
         lengths = {key: len(token_ids[key]) for key in map(dataset.item_key, todo)}
         longest = max(lengths.values(), default=0)
@@ -306,10 +319,13 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
         # One at a time takes the plain path, except batch-invariant runs: they share the
         # batched path's prompt split so that N=1 and N>1 give the same tokens.
         batched = parallel > 1 or settings.engine.batch_invariant
-        plan = (_plan(todo, token_ids, parallel, params.max_new_tokens, unified, engine.info.n_ctx_train, votes)
+        # Scoring the openings (choose) holds the longest in the cache for a moment, whatever
+        # max_new_tokens keeps of it.
+        max_new = max(params.max_new_tokens, longest_opening)
+        plan = (_plan(todo, token_ids, parallel, max_new, unified, engine.info.n_ctx_train, votes)
                 if batched and todo else None)
         n_ctx = settings.engine.n_ctx or (
-            plan.n_ctx if plan else fit_context(longest, params.max_new_tokens, engine.info.n_ctx_train))
+            plan.n_ctx if plan else fit_context(longest, max_new, engine.info.n_ctx_train))
         too_long = [key for key, n in lengths.items() if n >= engine.info.n_ctx_train]
         if too_long:  # no --n-ctx helps: the model was trained on shorter texts
             over = f"{_prompts_of(too_long)} {longest} tokens, more than the {engine.info.n_ctx_train} the model was trained on"
@@ -325,12 +341,15 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
         # heads' sequences too): sized for that, not for a whole 512-token batch, its logits
         # buffers take a few MiB instead of hundreds, on the GPU too.
         n_seq = parallel + len(plan.prefixes) if plan else 1
-        placed = None if settings.dry_run else engine.place(n_ctx, logits_rows=n_seq)  # auto: the context size is known now
+        # Choosing reads a row of logits for each token of an opening (in a few decodes when long).
+        rows = max(n_seq, min(longest_opening, settings.engine.n_batch))
+        placed = None if settings.dry_run else engine.place(n_ctx, logits_rows=rows)  # auto: the context size is known now
         if placed:
             console.err.print(placed.describe())
         result = InferResult(output, model_path, engine.info, n_ctx, len(items), resumed=len(previous),
                              parallel=parallel, lora=settings.engine.lora, lora_scale=settings.engine.lora_scale,
-                             votes=votes, references=settings.references, examples=settings.examples)
+                             votes=votes, references=settings.references, examples=settings.examples,
+                             answer_form=settings.answer_form)
         _print_header(result)
 
         if settings.dry_run:
@@ -339,12 +358,16 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
                 outputs[k]["references"] = [r.title or r.text[:60] for r in refs]
             for k, shown in examples.items():
                 outputs[k]["examples"] = [e.id for e in shown]
+            for k, f in forms.items():  # what each 선택형 answer is held to
+                if f.candidates:
+                    outputs[k]["candidates"] = list(f.candidates)
             dataset.write_output(output, items, outputs)
             return result
 
         specials = engine.control_token_texts()
         outputs = {k: {"answer": a} for k, a in previous.items()}
-        engine.open_context(n_ctx, n_seq_max=n_seq, kv_unified=unified and plan is not None, logits_rows=n_seq)
+        engine.open_context(n_ctx, n_seq_max=n_seq, kv_unified=unified and plan is not None, logits_rows=rows)
+        vocabulary = constraints.Vocabulary.of(engine) if any(f.form for f in forms.values()) else None
         result.memory = engine.memory()
         console.err.print(describe_memory(result.memory))
         # Before the first answer: the answers kept (none with --no-resume), then this run's record.
@@ -359,15 +382,21 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
             similarity = Rouge1().f1 if votes > 1 else None  # the reason most like the others' (toolkit.vote)
 
             def sampler(key: str, vote: int) -> Sampler:  # vote v samples as a run with --seed seed + v
-                return Sampler(params, token_ids[key], engine.n_vocab, item_seed(params.seed + vote, key))
+                form = forms[key].form
+                return Sampler(params, token_ids[key], engine.n_vocab, item_seed(params.seed + vote, key),
+                               constraints.Constraint(form, vocabulary) if form else None)
 
             def done(key: str, gens: list[Generation]) -> None:
                 answers = [clean_answer(gen.text, specials) for gen in gens]
                 choice = choose(answers, similarity) if similarity else Choice(answers[0], 0, 1, 1)
                 outputs[key] = {"answer": choice.answer}
                 dataset.write_output(output, items, outputs)  # a kill loses only the items in flight
+                kept = gens[choice.index]
+                if kept.chosen >= 0:
+                    result.choices[key] = {"candidate": kept.chosen, "sentence": forms[key].candidates[kept.chosen],
+                                           "margin": None if kept.margin is None else round(kept.margin, 4)}
                 result.generated += 1
-                result.new_tokens += sum(len(gen.tokens) for gen in gens)
+                result.new_tokens += sum(gen.sampled for gen in gens)  # an opening written is not generated
                 result.cut_at_max_tokens += gens[choice.index].stopped != "eog"
                 if votes > 1:
                     result.agreement[choice.agreeing] = result.agreement.get(choice.agreeing, 0) + 1
@@ -377,9 +406,10 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
             if plan is None:
                 for item in todo:
                     key = dataset.item_key(item)
-                    gens = [engine.generate(token_ids[key], sampler(key, v), params.max_new_tokens) for v in range(votes)]
+                    gens = [engine.generate(token_ids[key], sampler(key, v), params.max_new_tokens, openings.get(key))
+                            for v in range(votes)]
                     for gen in gens:
-                        result.prompt_tokens += gen.prompt_tokens
+                        result.prompt_tokens += gen.prompt_tokens + gen.written
                         result.prompt_seconds += gen.prompt_seconds
                         result.gen_seconds += gen.gen_seconds
                     done(key, gens)
@@ -387,8 +417,8 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
                 keys = [dataset.item_key(i) for i in todo]
                 # A generator: each sampler (a vocab-sized array) is made when its slot starts. A
                 # question's votes follow one another, so its answer is written soon after its last.
-                requests = (Request(key, token_ids[key], sampler(key, v), params.max_new_tokens, plan.prefix_of[n], v)
-                            for n, key in enumerate(keys) for v in range(votes))
+                requests = (Request(key, token_ids[key], sampler(key, v), params.max_new_tokens, plan.prefix_of[n], v,
+                                    openings.get(key)) for n, key in enumerate(keys) for v in range(votes))
                 voted: dict[str, list[Generation | None]] = {}
 
                 def collect(req: Request, gen: Generation) -> None:

@@ -17,8 +17,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .engine import Engine, Generation
-from .errors import DecodeFailed
+from .engine import Engine, Generation, Step, choose_opening, stop_rule
 from .sampler import Sampler
 
 MIN_SHARED_PREFIX = 16  # tokens; shorter heads are not worth a sequence of their own
@@ -35,6 +34,7 @@ class Request:
     max_new_tokens: int
     prefix: int = -1  # index into the shared prefixes, -1 for none
     sample: int = 0  # which of the answers sampled for this key (infer --votes)
+    openings: list[list[int]] | None = None  # answer form `choose`: the likeliest is written first
 
 
 @dataclass
@@ -46,6 +46,8 @@ class _Slot:
     pending: int | None = None  # sampled, not yet evaluated
     logit_row: int = -1  # this step's batch row with logits for this slot
     started: float = 0.0
+    chosen: int = -1
+    margin: float | None = None
 
 
 @dataclass
@@ -80,8 +82,6 @@ def shared_prefixes(groups: Iterable[list[list[int]]]) -> list[list[int]]:
 
 class ParallelDecoder:
     def __init__(self, engine: Engine, n_parallel: int, prefixes: list[list[int]], invariant: bool = False):
-        import llama_cpp
-
         self.engine = engine
         # Batch-invariant schedule: a step is either one slot's prompt chunk or generation
         # rows only, and prompts are cut at the same places whatever N is; with llama.cpp's
@@ -90,56 +90,56 @@ class ParallelDecoder:
         self.n_parallel = n_parallel
         self.prefixes = prefixes
         self.n_batch = engine.n_batch  # the context's: llama.cpp aborts the process on a bigger batch
-        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.step = Step(engine, self.n_batch)
         self.stats = Stats()
 
     def close(self) -> None:
-        import llama_cpp
-
-        if self.batch is not None:
-            llama_cpp.llama_batch_free(self.batch)
-            self.batch = None
-
-    # -- batch building ---------------------------------------------------------------------
-    def _add(self, token: int, pos: int, seq: int, logits: bool) -> int:
-        b, i = self.batch, self.batch.n_tokens
-        b.token[i] = token
-        b.pos[i] = pos
-        b.n_seq_id[i] = 1
-        b.seq_id[i][0] = seq
-        b.logits[i] = logits
-        b.n_tokens = i + 1
-        return i
-
-    def _decode(self) -> None:
-        import llama_cpp
-
-        rc = llama_cpp.llama_decode(self.engine.ctx, self.batch)
-        if rc != 0:
-            raise DecodeFailed(
-                f"llama.cpp could not evaluate a batch of {self.batch.n_tokens} tokens (llama_decode returned {rc}); "
-                "the KV cache may be full: lower --parallel or raise --n-ctx"
-            )
-        llama_cpp.llama_synchronize(self.engine.ctx)  # a GPU queues the work: time it done, not queued
+        self.step.close()
 
     def _prefill_prefixes(self) -> None:
         """Evaluate each shared head once, in its own sequence after the slots' ones."""
         for k, head in enumerate(self.prefixes):
-            seq = self.n_parallel + k
-            for start in range(0, len(head), self.n_batch):
-                self.batch.n_tokens = 0
-                for j, tok in enumerate(head[start:start + self.n_batch]):
-                    self._add(tok, start + j, seq, False)
-                t = time.perf_counter()
-                self._decode()
-                self.stats.prompt_seconds += time.perf_counter() - t
+            self.stats.prompt_seconds += self.step.feed(head, 0, self.n_parallel + k, logits_last=False)
             self.stats.prompt_tokens += len(head)
 
-    def _logits(self, row: int) -> np.ndarray:
+    def _open(self, slot: _Slot, first: "np.ndarray") -> "np.ndarray":
+        """Answer form `choose`: score the openings in the slot's sequence, write the likeliest;
+        the logits after it."""
+        req = slot.req
+        t = time.perf_counter()
+        pos = len(req.prompt)
+        slot.chosen, slot.margin, _ = choose_opening(self.step, slot.seq, pos, first, req.openings,
+                                                     min(self.engine.logits_rows, self.n_batch))
+        opening = req.openings[slot.chosen][:req.max_new_tokens]
+        self.step.feed(opening, pos, slot.seq)
+        for tok in opening:
+            req.sampler.accept(tok)
+        slot.tokens = list(opening)
+        self.stats.prompt_tokens += len(opening)  # written, as a prompt is: not sampled
+        self.stats.prompt_seconds += time.perf_counter() - t
+        return self.step.logits(len(self.step) - 1)
+
+    def _finish(self, slot: _Slot, stopped: str, slots: list, on_done) -> None:
         import llama_cpp
 
-        ptr = llama_cpp.llama_get_logits_ith(self.engine.ctx, row)
-        return np.ctypeslib.as_array(ptr, shape=(self.engine.n_vocab,))
+        written = len(slot.req.openings[slot.chosen][:slot.req.max_new_tokens]) if slot.chosen >= 0 else 0
+        gen = Generation(slot.tokens, self.engine.detokenize(slot.tokens), len(slot.req.prompt), stopped, 0.0,
+                         time.perf_counter() - slot.started, slot.chosen, slot.margin, written)
+        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.engine.ctx), slot.seq, -1, -1)
+        slots[slot.seq] = None
+        on_done(slot.req, gen)
+
+    def _next(self, slot: _Slot, logits: "np.ndarray", n_ctx_seq: int, slots: list, on_done) -> None:
+        """Sample the slot's next token from its logits and apply the stop rule."""
+        token = slot.req.sampler.sample(logits)
+        kept = len(slot.tokens)
+        stopped = stop_rule(self.engine, token, slot.tokens, slot.req.max_new_tokens,
+                            len(slot.req.prompt) + len(slot.tokens) + 1, n_ctx_seq)
+        self.stats.new_tokens += len(slot.tokens) - kept
+        if stopped:
+            self._finish(slot, stopped, slots, on_done)
+        else:
+            slot.pending = token
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, requests: Iterable[Request], on_done: Callable[[Request, Generation], None]) -> Stats:
@@ -154,6 +154,7 @@ class ParallelDecoder:
         # the trained context, whichever comes first, instead of failing the whole batch.
         n_ctx_seq = min(self.engine.info.n_ctx_train, llama_cpp.llama_n_ctx_seq(self.engine.ctx))
         exhausted = False
+        step = self.step
 
         while not exhausted or any(slots):
             # Refill free slots: the shared head is copied, not evaluated again.
@@ -170,7 +171,7 @@ class ParallelDecoder:
                         cursor = len(self.prefixes[req.prefix])
                     slots[seq] = _Slot(seq, req, cursor, started=time.perf_counter())
 
-            self.batch.n_tokens = 0
+            step.clear()
             n_gen_rows = 0
             prefilling = [sl for sl in slots if sl is not None and sl.cursor < len(sl.req.prompt)]
             generate = not (self.invariant and prefilling)
@@ -182,55 +183,45 @@ class ParallelDecoder:
                 waiting = (waiting[start:] + waiting[:start])[:INVARIANT_ROWS]
             for slot in waiting:
                 pos = len(slot.req.prompt) + len(slot.tokens) - 1
-                slot.logit_row = self._add(slot.pending, pos, slot.seq, True)
+                slot.logit_row = step.add(slot.pending, pos, slot.seq, True)
                 slot.pending = None
                 n_gen_rows += 1
             for slot in prefilling:  # then prompt tokens, as many as fit
-                room = self.n_batch - self.batch.n_tokens
-                if room <= 0 or (self.invariant and self.batch.n_tokens):
+                room = self.n_batch - len(step)
+                if room <= 0 or (self.invariant and len(step)):
                     break
                 prompt = slot.req.prompt
                 end = min(len(prompt), slot.cursor + room)
                 for pos in range(slot.cursor, end):
-                    row = self._add(prompt[pos], pos, slot.seq, pos == len(prompt) - 1)
+                    row = step.add(prompt[pos], pos, slot.seq, pos == len(prompt) - 1)
                 slot.logit_row = row if end == len(prompt) else -1
                 self.stats.prompt_tokens += end - slot.cursor
                 slot.cursor = end
 
-            n_rows = self.batch.n_tokens
+            n_rows = len(step)
             if n_rows == 0:  # the queue ran dry and every slot is free
                 continue
-            t = time.perf_counter()
-            self._decode()
-            dt = time.perf_counter() - t
+            dt = step.decode()
             self.stats.steps += 1
             self.stats.gen_seconds += dt * n_gen_rows / n_rows
             self.stats.prompt_seconds += dt * (n_rows - n_gen_rows) / n_rows
 
-            for seq, slot in enumerate(slots):
+            opening: list[tuple[_Slot, np.ndarray]] = []
+            for slot in slots:
                 if slot is None or slot.logit_row < 0:
                     continue
-                token = slot.req.sampler.sample(self._logits(slot.logit_row))
-                slot.logit_row = -1
-                length = len(slot.req.prompt) + len(slot.tokens) + 1
-                stopped = None
-                if self.engine.is_eog(token):
-                    stopped = "eog"
+                row, slot.logit_row = slot.logit_row, -1
+                if slot.req.openings and not slot.tokens:  # its prompt just ended: choose first
+                    opening.append((slot, step.logits(row).copy()))
                 else:
-                    slot.tokens.append(token)
-                    self.stats.new_tokens += 1
-                    if len(slot.tokens) >= slot.req.max_new_tokens:
-                        stopped = "length"
-                    elif length >= n_ctx_seq:
-                        stopped = "context"
-                    else:
-                        slot.pending = token
-                if stopped:
-                    gen = Generation(slot.tokens, self.engine.detokenize(slot.tokens), len(slot.req.prompt),
-                                     stopped, 0.0, time.perf_counter() - slot.started)
-                    llama_cpp.llama_memory_seq_rm(mem, seq, -1, -1)
-                    slots[seq] = None
-                    on_done(slot.req, gen)
+                    self._next(slot, step.logits(row), n_ctx_seq, slots, on_done)
+            # After every slot of this step has read its row: choosing decodes again.
+            for slot, first in opening:
+                logits = self._open(slot, first)
+                if len(slot.tokens) >= slot.req.max_new_tokens:
+                    self._finish(slot, "length", slots, on_done)
+                else:
+                    self._next(slot, logits, n_ctx_seq, slots, on_done)
         return self.stats
 
 
