@@ -219,3 +219,6 @@ def test_the_answer_form_is_part_of_the_resume_record(tmp_path):
     assert run_cli("infer", *args).returncode == 0
     r = run_cli("infer", *args, "--answer-form", "strict")
     assert r.returncode == 2 and "answer_form" in r.stderr and "--no-resume" in r.stderr
+    r = run_cli("infer", *args, "--answer-form", "choose", "--no-resume")
+    assert r.returncode == 0 and "choose: 1 선택형 answer(s) opened with the likeliest candidate" in r.stdout
+    assert "; 1 #" in r.stdout or ": 1 #" in r.stdout, r.stdout
