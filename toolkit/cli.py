@@ -18,7 +18,7 @@ from .fsutil import NO_SPACE_ERRNOS
 from .constraints import FORMS
 from .quantizer import DEFAULT_TYPE, QUANT_TYPES
 from .retrieve import (DEFAULT_CHARS, DEFAULT_COUNT, DEFAULT_EXAMPLES, ExampleSettings, RetrievalSettings,
-                       load_examples, ranker)
+                       load_examples, read_inputs)
 from .sampler import SamplingParams
 
 
@@ -155,7 +155,8 @@ def _add_retrieve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--references-labels", type=Path, metavar="FILE.json",
                    help="labelled questions (output.article); a question never uses its own label, so the "
                         "questions file itself measures leave-one-out")
-    p.add_argument("--count", type=positive, default=DEFAULT_COUNT, help=f"rules per question (default {DEFAULT_COUNT})")
+    p.add_argument("--count", dest="references_count", type=positive, metavar="N",
+                   help=f"rules per question (default {DEFAULT_COUNT})")
     p.add_argument("--examples", type=Path, metavar="FILE.json",
                    help="solved questions, as infer takes: also shows which rule each chosen example is about")
     p.add_argument("--examples-count", type=positive, metavar="N")
@@ -638,7 +639,6 @@ def cmd_vote(args: argparse.Namespace) -> int:
 def cmd_retrieve(args: argparse.Namespace) -> int:
     from . import recall
 
-    args.references_count = args.count
     references, examples = retrieval_settings(args)
     result = recall.run(args.questions, references, examples)
     if args.eval:
@@ -698,7 +698,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     references, examples = retrieval_settings(args)
     if args.references:  # a bad file is said once, not by each --parallel's process
-        ranker(references)
+        read_inputs(references)
     if args.examples:
         load_examples(args.examples)
     settings = BenchSettings(parallel=tuple(args.parallel or (1, 4)),

@@ -205,16 +205,28 @@ class Step:
         ptr = llama_cpp.llama_get_logits_ith(self.engine.ctx, row)
         return np.ctypeslib.as_array(ptr, shape=(self.engine.n_vocab,))
 
-    def feed(self, tokens: list[int], pos: int, seq: int, logits_last: bool = True) -> float:
-        """Evaluate tokens of one sequence from position `pos`, in batches; logits for the last."""
+    def evaluate(self, tokens: list[int], pos: int, seq: int, logits_from: int,
+                 on_row: Callable[[int, np.ndarray], None] | None = None, chunk: int | None = None) -> float:
+        """Evaluate tokens of one sequence from position `pos`, `chunk` rows a decode (default: the
+        step's size), with logits for each token from index `logits_from` on, handed to
+        on_row(index, logits) after its decode. The seconds it took."""
+        chunk = chunk or self.size
         seconds = 0.0
-        for start in range(0, len(tokens), self.size):
+        for start in range(0, len(tokens), chunk):
             self.clear()
-            chunk = tokens[start:start + self.size]
-            for j, tok in enumerate(chunk):
-                self.add(tok, pos + start + j, seq, logits_last and start + j == len(tokens) - 1)
+            part = tokens[start:start + chunk]
+            for j, tok in enumerate(part):
+                self.add(tok, pos + start + j, seq, start + j >= logits_from)
             seconds += self.decode()
+            if on_row is not None:
+                for j in range(max(0, logits_from - start), len(part)):
+                    on_row(start + j, self.logits(j))
         return seconds
+
+    def feed(self, tokens: list[int], pos: int, seq: int, logits_last: bool = True) -> float:
+        """Evaluate tokens of one sequence from position `pos`; logits for the last (its row is
+        len(self) - 1)."""
+        return self.evaluate(tokens, pos, seq, len(tokens) - 1 if logits_last else len(tokens))
 
 
 def _log_softmax_at(logits: np.ndarray, token: int) -> float:
@@ -224,31 +236,37 @@ def _log_softmax_at(logits: np.ndarray, token: int) -> float:
 
 
 def choose_opening(step: Step, seq: int, pos: int, first: np.ndarray, openings: list[list[int]],
-                   rows: int) -> tuple[int, float | None, list[float]]:
+                   rows: int) -> tuple[int, float | None]:
     """Answer form `choose`: each opening's log-probability after the `pos` tokens of sequence
     `seq` (teacher-forced; `first`: the logits that predict its first token), evaluated in that
     sequence and taken out of it again, at most `rows` logits rows a decode. Returns the best
-    opening's index, its margin over the next best (None for a single one) and every score."""
+    opening's index and its margin over the next best (None for a single one)."""
     import llama_cpp
 
     mem = llama_cpp.llama_get_memory(step.engine.ctx)
     scores = []
     for tokens in openings:
-        total = _log_softmax_at(first, tokens[0])
-        body = tokens[:-1]  # each predicts the next
-        for start in range(0, len(body), rows):
-            step.clear()
-            chunk = body[start:start + rows]
-            for j, tok in enumerate(chunk):
-                step.add(tok, pos + start + j, seq, True)
-            step.decode()
-            for j in range(len(chunk)):
-                total += _log_softmax_at(step.logits(j), tokens[start + j + 1])
+        total = [_log_softmax_at(first, tokens[0])]
+        # Each token but the last predicts the next.
+        step.evaluate(tokens[:-1], pos, seq, 0, lambda i, row: total.append(_log_softmax_at(row, tokens[i + 1])), rows)
         llama_cpp.llama_memory_seq_rm(mem, seq, pos, -1)
-        scores.append(total)
+        scores.append(sum(total))
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-    margin = scores[order[0]] - scores[order[1]] if len(order) > 1 else None
-    return order[0], margin, scores
+    return order[0], (scores[order[0]] - scores[order[1]] if len(order) > 1 else None)
+
+
+def write_opening(step: Step, seq: int, pos: int, first: np.ndarray, openings: list[list[int]], sampler: Sampler,
+                  max_new_tokens: int) -> tuple[int, float | None, list[int], np.ndarray]:
+    """Choose the likeliest opening (choose_opening) and write it into the sequence as the
+    answer's first tokens, the sampler seeing them as its own. Returns the choice, its margin,
+    the tokens written (at most max_new_tokens) and a view of the logits after them."""
+    engine = step.engine
+    chosen, margin = choose_opening(step, seq, pos, first, openings, min(engine.logits_rows, engine.n_batch))
+    opening = openings[chosen][:max_new_tokens]
+    step.feed(opening, pos, seq)
+    for tok in opening:
+        sampler.accept(tok)
+    return chosen, margin, opening, step.logits(len(step) - 1)
 
 
 class Engine:
@@ -504,16 +522,8 @@ class Engine:
         if self.logits_rows < min(step, len(tokens)):
             raise ToolkitError(f"scoring needs a context opened for {step} logits rows, not {self.logits_rows}")
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
-        with Step(self, step) as batch:
-            for start in range(0, len(tokens) - 1, step):
-                chunk = tokens[start:min(start + step, len(tokens) - 1)]
-                batch.clear()
-                for j, tok in enumerate(chunk):
-                    batch.add(tok, start + j, 0, start + j + 1 >= first)
-                batch.decode()
-                for j in range(len(chunk)):
-                    if start + j + 1 >= first:
-                        on_row(start + j + 1, batch.logits(j))
+        with Step(self, step) as batch:  # the logits of token i predict token i + 1
+            batch.evaluate(tokens[:-1], 0, 0, first - 1, lambda i, row: on_row(i + 1, row))
 
     def prompt_logits(self, prompt: list[int]) -> np.ndarray:
         """The next-token logits after `prompt`, evaluated as a fresh sequence (a copy)."""
@@ -544,14 +554,10 @@ class Engine:
             step.feed(prompt, 0, 0)
             logits = step.logits(len(step) - 1)
             if openings:  # scored and written as a prompt is: its time is prompt time
-                chosen, margin, _ = choose_opening(step, 0, len(prompt), logits.copy(), openings,
-                                                   min(self.logits_rows, self.n_batch))
-                opening = openings[chosen][:max_new_tokens]
-                step.feed(opening, len(prompt), 0)
-                logits = step.logits(len(step) - 1)
-                for tok in opening:
-                    sampler.accept(tok)
-                out = list(opening)
+                chosen, margin, out, logits = write_opening(step, 0, len(prompt), logits.copy(), openings, sampler,
+                                                            max_new_tokens)
+                out = list(out)
+            written = len(out)
             t1 = time.perf_counter()
             stopped = "length" if len(out) >= max_new_tokens else None
             while stopped is None:
@@ -561,5 +567,4 @@ class Engine:
                     step.feed([token], len(prompt) + len(out) - 1, 0)
                     logits = step.logits(0)
             t2 = time.perf_counter()
-        return Generation(out, self.detokenize(out), len(prompt), stopped, t1 - t0, t2 - t1, chosen, margin,
-                          0 if chosen < 0 else len(openings[chosen][:max_new_tokens]))
+        return Generation(out, self.detokenize(out), len(prompt), stopped, t1 - t0, t2 - t1, chosen, margin, written)

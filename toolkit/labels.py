@@ -32,6 +32,12 @@ def title_key(title: str) -> str:
     return " ".join(normal(title).strip().strip("<>").split())
 
 
+def section_name(title: str) -> str:
+    """A title's section as the document names it: `한글 맞춤법, 표준어 규정` of
+    `한글 맞춤법, 표준어 규정 - 한글 맞춤법 제11항` (a title without ` - ` is its own)."""
+    return title.split(" - ")[0] if " - " in title else title
+
+
 def same_question(question: str) -> str:
     """What makes two questions the same question: the text, spaces and quote marks aside."""
     return "".join(normal(question).split())

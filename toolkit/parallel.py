@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .engine import Engine, Generation, Step, choose_opening, stop_rule
+from .engine import Engine, Generation, Step, stop_rule, write_opening
 from .sampler import Sampler
 
 MIN_SHARED_PREFIX = 16  # tokens; shorter heads are not worth a sequence of their own
@@ -46,8 +46,9 @@ class _Slot:
     pending: int | None = None  # sampled, not yet evaluated
     logit_row: int = -1  # this step's batch row with logits for this slot
     started: float = 0.0
-    chosen: int = -1
+    chosen: int = -1  # answer form `choose`: the opening written (engine.write_opening)
     margin: float | None = None
+    written: int = 0
 
 
 @dataclass
@@ -103,28 +104,22 @@ class ParallelDecoder:
             self.stats.prompt_tokens += len(head)
 
     def _open(self, slot: _Slot, first: "np.ndarray") -> "np.ndarray":
-        """Answer form `choose`: score the openings in the slot's sequence, write the likeliest;
-        the logits after it."""
-        req = slot.req
+        """Answer form `choose`: the likeliest opening written into the slot's sequence; the
+        logits after it."""
         t = time.perf_counter()
-        pos = len(req.prompt)
-        slot.chosen, slot.margin, _ = choose_opening(self.step, slot.seq, pos, first, req.openings,
-                                                     min(self.engine.logits_rows, self.n_batch))
-        opening = req.openings[slot.chosen][:req.max_new_tokens]
-        self.step.feed(opening, pos, slot.seq)
-        for tok in opening:
-            req.sampler.accept(tok)
-        slot.tokens = list(opening)
+        slot.chosen, slot.margin, opening, logits = write_opening(self.step, slot.seq, len(slot.req.prompt), first,
+                                                                  slot.req.openings, slot.req.sampler,
+                                                                  slot.req.max_new_tokens)
+        slot.tokens, slot.written = list(opening), len(opening)
         self.stats.prompt_tokens += len(opening)  # written, as a prompt is: not sampled
         self.stats.prompt_seconds += time.perf_counter() - t
-        return self.step.logits(len(self.step) - 1)
+        return logits
 
     def _finish(self, slot: _Slot, stopped: str, slots: list, on_done) -> None:
         import llama_cpp
 
-        written = len(slot.req.openings[slot.chosen][:slot.req.max_new_tokens]) if slot.chosen >= 0 else 0
         gen = Generation(slot.tokens, self.engine.detokenize(slot.tokens), len(slot.req.prompt), stopped, 0.0,
-                         time.perf_counter() - slot.started, slot.chosen, slot.margin, written)
+                         time.perf_counter() - slot.started, slot.chosen, slot.margin, slot.written)
         llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.engine.ctx), slot.seq, -1, -1)
         slots[slot.seq] = None
         on_done(slot.req, gen)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import retrieve
 from .dataset import item_key, load_items
 from .errors import UserError
-from .labels import article_of, title_key
+from .labels import article_of, section_name, title_key
 
 AT = (1, 3, 5)  # the recalls reported
 
@@ -58,8 +58,7 @@ def run(questions: Path, references: retrieve.RetrievalSettings,
                          [round(s, 4) for _, s in top], gold, rank))
     if examples.path is not None:
         shown = retrieve.examples_for(items, examples, found_refs, references.labels)
-        out = [Found(f.id, f.question_type, f.titles, f.scores, f.gold, f.gold_rank,
-                     [e.title for e in shown.get(f.id, [])]) for f in out]
+        out = [replace(f, examples=[e.title for e in shown.get(f.id, [])]) for f in out]
     labelled = len(ranker.labels) if ranker.labels is not None else 0
     return Retrieved(out, time.perf_counter() - start, frozenset(title_key(r.title) for r in ranker.refs), labelled)
 
@@ -73,12 +72,6 @@ def _recalls(found: list[Found]) -> dict:
     return row
 
 
-def section(title: str) -> str:
-    """A title's section as the document names it: `한글 맞춤법, 표준어 규정` of
-    `한글 맞춤법, 표준어 규정 - 한글 맞춤법 제11항`."""
-    return title.split(" - ")[0] if " - " in title else title
-
-
 def evaluate(result: Retrieved, misses: int = 10) -> dict:
     """R@1, R@3, R@5 and MRR over the labelled questions, overall, per question type and per
     section of the gold rule; the commonest misses (gold → what came first) and, with examples,
@@ -90,7 +83,7 @@ def evaluate(result: Retrieved, misses: int = 10) -> dict:
     by_type, by_section = defaultdict(list), defaultdict(list)
     for f in labelled:
         by_type[f.question_type].append(f)
-        by_section[section(f.gold)].append(f)
+        by_section[section_name(f.gold)].append(f)
     report["by_type"] = {k: _recalls(v) for k, v in sorted(by_type.items())}
     report["by_section"] = {k: _recalls(v) for k, v in sorted(by_section.items())}
     wrong = Counter((f.gold, f.titles[0] if f.titles else None) for f in labelled if f.gold_rank != 1)

@@ -232,6 +232,12 @@ def ranker(settings: RetrievalSettings):
     questions if any. A bad file of either is said here, before any model loads."""
     from .route import Ranker  # (route builds on this module's passages and BM25)
 
+    return Ranker(*read_inputs(settings))
+
+
+def read_inputs(settings: RetrievalSettings) -> tuple[list[Reference], list]:
+    """The reference document's passages and the labelled questions, checked: refused in one line
+    where either is malformed or the labels name none of the document's rules."""
     refs = load_references(settings.path)
     labelled = load_labels(settings.labels) if settings.labels else []
     known = {title_key(r.title) for r in refs}
@@ -244,7 +250,7 @@ def ranker(settings: RetrievalSettings):
 
         console.warn(f"{len(unknown)} of {len(labelled)} labelled questions in {settings.labels} name a rule "
                      f"{settings.path} has no title for (e.g. {unknown[0].title!r}); those labels point nowhere")
-    return Ranker(refs, labelled)
+    return refs, labelled
 
 
 def for_items(items: list[dict], settings: RetrievalSettings) -> dict[str, list[Reference]]:

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .labels import Labelled, Neighbours, title_key
+from .labels import Labelled, Neighbours, section_name, title_key
 from .question import MARKS, PUNCT, SPACE, WORD, Asked, read
 from .retrieve import Reference, Retriever
 
@@ -42,7 +42,7 @@ _LATIN = re.compile(r"[A-Za-z]{4,}")  # a word in its own spelling (not a unit: 
 def section_of(title: str) -> str | None:
     """The section a title belongs to (SPACING, MARKS_SECTION, LOANWORDS, SPELLING), or None:
     read from the part before ` - ` (`<띄어쓰기 - 한글 맞춤법 제42항>` is spacing, not spelling)."""
-    head = title.split(" - ")[0] if " - " in title else title
+    head = section_name(title)
     for section, words in _SECTION_WORDS.items():
         if any(w in head for w in words):
             return section
