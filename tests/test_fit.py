@@ -8,7 +8,7 @@ import pytest
 
 from toolkit import embedded, fit, gguf
 from toolkit.engine import Engine, EngineSettings
-from toolkit.errors import ToolkitError
+from toolkit.errors import InternalError
 
 from conftest import run_cli
 
@@ -66,7 +66,7 @@ def test_few_logits_rows_shrink_llama_cpp_buffers():
         assert sizes[None] - sizes[4] > 75
         engine.open_context(2048, n_seq_max=4, logits_rows=1)
         assert engine.logits_rows == 4  # llama.cpp keeps one row per sequence at least
-        with pytest.raises(ToolkitError, match="logits rows"):
+        with pytest.raises(InternalError, match="logits rows"):
             engine.score(list(range(100, 700)), 1, lambda i, row: None)
 
 

@@ -61,7 +61,7 @@ def test_download_keeps_only_the_pinned_sdist(tmp_path, monkeypatch):
     import shutil
     import subprocess
 
-    from toolkit.errors import ToolkitError
+    from toolkit.errors import InternalError
 
     real = vendor.cache_root() / "sdist" / vendor.SDIST_NAME
     if not real.is_file():
@@ -80,6 +80,6 @@ def test_download_keeps_only_the_pinned_sdist(tmp_path, monkeypatch):
     target.unlink()
     served[0] = tmp_path / "other.tar.gz"
     served[0].write_bytes(b"not llama-cpp-python")
-    with pytest.raises(ToolkitError, match="not the pinned one"):
+    with pytest.raises(InternalError, match="not the pinned one"):
         vendor.download_sdist(tmp_path)
     assert not target.exists()

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from . import backend, fit, gguf, llama_log
-from .errors import AdapterMismatch, DecodeFailed, InvalidAdapter, LoadFailed, OutOfMemory, ToolkitError, UserError
+from .errors import AdapterMismatch, DecodeFailed, InternalError, InvalidAdapter, LoadFailed, OutOfMemory, UserError
 from .sampler import Sampler
 
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
@@ -515,12 +515,12 @@ class Engine:
         import llama_cpp
 
         if self.ctx is None:
-            raise ToolkitError("no context: call open_context first")
+            raise InternalError("no context: call open_context first")
         if len(tokens) > self.n_ctx:
             raise UserError(f"a text has {len(tokens)} tokens but the context holds {self.n_ctx}")
         step = self.n_batch
         if self.logits_rows < min(step, len(tokens)):
-            raise ToolkitError(f"scoring needs a context opened for {step} logits rows, not {self.logits_rows}")
+            raise InternalError(f"scoring needs a context opened for {step} logits rows, not {self.logits_rows}")
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
         with Step(self, step) as batch:  # the logits of token i predict token i + 1
             batch.evaluate(tokens[:-1], 0, 0, first - 1, lambda i, row: on_row(i + 1, row))
@@ -530,7 +530,7 @@ class Engine:
         import llama_cpp
 
         if self.ctx is None:
-            raise ToolkitError("no context: call open_context first")
+            raise InternalError("no context: call open_context first")
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
         with Step(self, self.n_batch) as step:
             step.feed(prompt, 0, 0)
@@ -543,7 +543,7 @@ class Engine:
         import llama_cpp
 
         if self.ctx is None:
-            raise ToolkitError("no context: call open_context first")
+            raise InternalError("no context: call open_context first")
         if len(prompt) >= self.n_ctx:
             raise UserError(f"the prompt has {len(prompt)} tokens but the context holds {self.n_ctx}; raise --n-ctx")
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)

@@ -1,10 +1,14 @@
-"""Named errors. The CLI turns them into one-line messages and exit codes in one place."""
+"""Named errors. The CLI turns them into one-line messages and exit codes in one place.
+
+One rule splits them: what the user can fix (the input, the request, the machine's disk) is a
+UserError and exits 2; what we failed at is an InternalError and exits 1. Every error raised is
+one of the two; ToolkitError is only their common base, never raised itself."""
 
 from __future__ import annotations
 
 
 class ToolkitError(Exception):
-    """An internal failure: something that should have worked did not (exit 1)."""
+    """The base of toolkit's named errors (catch this; raise a UserError or an InternalError)."""
 
     exit_code = 1
 
@@ -13,6 +17,12 @@ class UserError(ToolkitError):
     """Bad input or a request we cannot satisfy as asked (exit 2)."""
 
     exit_code = 2
+
+
+class InternalError(ToolkitError):
+    """Something that should have worked did not: a tool, a build, a download, our own code (exit 1)."""
+
+    exit_code = 1
 
 
 class NotProvisioned(UserError):
@@ -87,15 +97,15 @@ class AdapterMismatch(InvalidAdapter):
     """An adapter made for another base model: missing tensors or other shapes."""
 
 
-class ConversionFailed(ToolkitError):
+class ConversionFailed(InternalError):
     """llama.cpp's converter exited with an error."""
 
 
-class QuantizationFailed(ToolkitError):
+class QuantizationFailed(InternalError):
     """llama.cpp's quantizer returned an error."""
 
 
-class LoadFailed(ToolkitError):
+class LoadFailed(InternalError):
     """llama.cpp could not load a model file or create a context."""
 
 
@@ -104,7 +114,7 @@ class OutOfMemory(UserError):
     request does not fit the device (exit 2: fewer layers, a smaller context or quant fits)."""
 
 
-class DecodeFailed(ToolkitError):
+class DecodeFailed(InternalError):
     """llama.cpp failed while evaluating tokens."""
 
 

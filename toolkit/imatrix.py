@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import chat_template, console, tools
 from .dataset import answer_of, read_json
-from .errors import ToolkitError, UserError
+from .errors import InternalError, UserError
 from .fsutil import atomic_path, sha256_file
 from .process import child
 from .prompts import PromptSet, build_messages
@@ -119,7 +119,7 @@ def compute(model: Path, calib: Calibration, out: Path, n_tokens: int, threads: 
                    "--output-frequency", "1000000", "-t", str(threads or os.cpu_count() or 1)]
             chunks = _run_with_progress(cmd, "importance matrix")
             if not out_tmp.is_file():
-                raise ToolkitError("llama-imatrix finished without writing the matrix")
+                raise InternalError("llama-imatrix finished without writing the matrix")
             os.replace(out_tmp, tmp)
         finally:  # only the matrix is kept; the manifest records the text's hash
             text_file.unlink(missing_ok=True)
@@ -148,7 +148,7 @@ def _run_with_progress(cmd: list[str], what: str) -> int:
     if rc != 0:
         lines = [ln for ln in tail.decode("utf-8", "replace").splitlines() if ln.strip()]
         errors = [ln for ln in lines if "error" in ln.lower() or "failed" in ln.lower()] or lines[-1:]
-        raise ToolkitError(f"llama-imatrix failed (exit {rc}): {errors[-1].strip() if errors else 'no output'}")
+        raise InternalError(f"llama-imatrix failed (exit {rc}): {errors[-1].strip() if errors else 'no output'}")
     return total or done
 
 

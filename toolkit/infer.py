@@ -245,7 +245,7 @@ def fit_context(longest_prompt: int, max_new_tokens: int, n_ctx_train: int) -> i
 
 
 def _progress() -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    return Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[tps]:.1f} tok/s"), TimeElapsedColumn(), TextColumn("eta"),
                     TimeRemainingColumn(), console=console.err)
 

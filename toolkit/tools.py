@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import console, vendor, versions
-from .errors import ToolkitError, ToolsNotBuilt, UserError
+from .errors import InternalError, ToolsNotBuilt, UserError
 from .fsutil import replace_dir
 from .process import child
 
@@ -132,7 +132,7 @@ def build(force: bool = False, jobs: int | None = None) -> Tools:
         for name in NAMES:
             built = next((p for p in (work / "build").rglob(name) if p.is_file() and os.access(p, os.X_OK)), None)
             if built is None:
-                raise ToolkitError(f"the build finished but produced no {name}")
+                raise InternalError(f"the build finished but produced no {name}")
             shutil.copy2(built, stage / "bin" / name)
         info = {
             "llama_cpp_python": versions.LLAMA_CPP_PYTHON,
@@ -160,4 +160,4 @@ def _run(cmd: list[str], what: str, steps: bool = False) -> None:
             rc = proc.wait()
     if rc != 0:
         errors = [t for t in tail if "error" in t.lower()] or tail[-3:]
-        raise ToolkitError(f"{what} failed (exit {rc}): {errors[-1] if errors else 'no output'}")
+        raise InternalError(f"{what} failed (exit {rc}): {errors[-1] if errors else 'no output'}")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import versions
-from .errors import NotProvisioned, ToolkitError, UserError
+from .errors import InternalError, NotProvisioned, UserError
 from .fsutil import replace_dir, sha256_file
 
 SDIST_NAME = f"llama_cpp_python-{versions.LLAMA_CPP_PYTHON}.tar.gz"
@@ -120,10 +120,10 @@ def download_sdist(dest_dir: Path) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not target.is_file():
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ToolkitError(f"could not download {SDIST_NAME} with pip: {last}")
+        raise InternalError(f"could not download {SDIST_NAME} with pip: {last}")
     if (digest := sha256_file(target)) != versions.LLAMA_CPP_PYTHON_SDIST_SHA256:
         target.unlink()
-        raise ToolkitError(f"the index served a {SDIST_NAME} that is not the pinned one (sha256 {digest[:12]}…)")
+        raise InternalError(f"the index served a {SDIST_NAME} that is not the pinned one (sha256 {digest[:12]}…)")
     return target
 
 
