@@ -19,7 +19,7 @@ from pathlib import Path
 import llama_cpp
 from llama_cpp import Llama
 
-from toolkit import demo, embedded
+from toolkit import embedded, samples
 from toolkit.infer import InferSettings, infer
 from toolkit.sampler import SamplingParams
 
@@ -51,7 +51,7 @@ def raw_run(model: Path, prompts: list[str], params: SamplingParams, n_ctx: int,
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, default=None)
-    ap.add_argument("--input", type=Path, default=demo.samples_path())
+    ap.add_argument("--input", type=Path, default=samples.samples_path())
     ap.add_argument("--max-new-tokens", type=int, default=128)
     args = ap.parse_args()
     model = args.model or embedded.smollm2_gguf()

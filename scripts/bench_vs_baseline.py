@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from toolkit import demo
+from toolkit import demo, samples
 from toolkit.bench import repeated
 from toolkit.infer import InferSettings, infer
 from toolkit.prompts import PromptSet, build_messages
@@ -90,7 +90,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     checkpoint = demo.checkpoint()
     model = quantize(str(checkpoint), QuantizeSettings(types=("Q4_K_M",), output_dir=tmp / "models")).files[0].path
-    questions = repeated(demo.samples_path(), args.repeat, tmp)
+    questions = repeated(samples.samples_path(), args.repeat, tmp)
     items = json.loads(questions.read_text(encoding="utf-8"))
 
     infer(questions, InferSettings(model=model, output=tmp / "prompts.json", dry_run=True, sampling=params))

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from toolkit import demo
+from toolkit import samples
 from toolkit.fidelity import compare
 from toolkit.quantize import QuantizeSettings, quantize
 
@@ -25,7 +25,7 @@ def main() -> int:
     ap.add_argument("checkpoint")
     ap.add_argument("--types", default="Q2_K,Q3_K_M,Q4_K_M,Q5_K_M,Q6_K,Q8_0")
     ap.add_argument("--calibration", type=Path)
-    ap.add_argument("--text", type=Path, default=demo.samples_path().parent / "prose_ko.txt")
+    ap.add_argument("--text", type=Path, default=samples.samples_path().parent / "prose_ko.txt")
     ap.add_argument("--n-ctx", type=int, default=256)
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "fidelity-table")
     args = ap.parse_args()

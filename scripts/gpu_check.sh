@@ -192,9 +192,9 @@ N=$((8 * TIMES))
 QUESTIONS="$WORK/questions$N.json"
 "$PY" -c "
 from pathlib import Path
-from toolkit import demo
+from toolkit import samples
 from toolkit.bench import repeated
-p = repeated(demo.samples_path(), $TIMES, Path('$WORK'))
+p = repeated(samples.samples_path(), $TIMES, Path('$WORK'))
 Path(p).rename('$QUESTIONS')
 " || exit 1
 
@@ -215,8 +215,8 @@ if step auto && [ ! -f "$WORK/auto.summary.json" ]; then
   echo "== 5. --n-gpu-layers auto --vram-limit 6 on the BF16 file"
   "$PY" -c "
 import json
-from toolkit import demo
-items = json.load(open(demo.samples_path()))
+from toolkit import samples
+items = json.load(open(samples.samples_path()))
 json.dump(items, open('$WORK/questions8.json', 'w'), ensure_ascii=False)
 "
   "${TK[@]}" doctor --model "$BF16" --vram 6 --parallel 4 --n-ctx 1024

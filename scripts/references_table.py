@@ -15,7 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toolkit.retrieve import load_references, query_of  # noqa: E402
+from toolkit.references import load_references  # noqa: E402
+from toolkit.retrieve import query_of  # noqa: E402
 from toolkit.route import Ranker  # noqa: E402
 
 # Our own questions, each with the rule(s) of the 2025 reference document that answer it.

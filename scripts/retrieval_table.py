@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toolkit import recall, retrieve  # noqa: E402
+from toolkit import korean, recall, references, retrieve  # noqa: E402
 from toolkit.labels import title_key  # noqa: E402
 from toolkit.route import Ranker  # noqa: E402
 
@@ -46,7 +46,7 @@ def table(title: str, report: dict) -> None:
 
 def v1(items: list[dict], refs) -> dict:
     """Retrieval as it was before routing: BM25 over the question's sentence."""
-    retriever = retrieve.Retriever([f"{r.title} {r.text}" for r in refs])
+    retriever = korean.Retriever([f"{r.title} {r.text}" for r in refs])
     found = []
     for item in items:
         titles = [title_key(refs[n].title) for n in retriever.search(retrieve.query_of(item["input"]["question"]),
@@ -81,7 +81,7 @@ def main() -> int:
         print(f"needs {norms} and {tune} (not part of this repo)", file=sys.stderr)
         return 2
     items = json.loads(tune.read_text(encoding="utf-8"))
-    refs = retrieve.load_references(norms)
+    refs = references.load_references(norms)
     print(f"{len(refs)} passages in {norms.name}; {len(items)} labelled questions in {tune.name}")
 
     table("v1: BM25 over the question's sentence", v1(items, refs))

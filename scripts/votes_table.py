@@ -19,7 +19,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from toolkit import demo
+from toolkit import samples
 from toolkit.infer import InferSettings, infer
 from toolkit.sampler import SamplingParams
 from toolkit.score import score
@@ -36,8 +36,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "votes-table")
     args = ap.parse_args()
-    inp = args.input or demo.samples_path()
-    gold = args.gold or (args.input if args.input else demo.samples_path().with_name("samples_gold.json"))
+    inp = args.input or samples.samples_path()
+    gold = args.gold or (args.input if args.input else samples.samples_path().with_name("samples_gold.json"))
     args.out.mkdir(parents=True, exist_ok=True)
 
     rows = []

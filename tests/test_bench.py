@@ -5,22 +5,22 @@ import json
 import pytest
 
 from conftest import run_cli
-from toolkit import demo, embedded
+from toolkit import embedded, samples
 from toolkit.bench import repeated
 
 
 def test_repeated_makes_ids_unique_and_keeps_the_order(tmp_path):
-    path = repeated(demo.samples_path(), 3, tmp_path)
-    items = json.loads(demo.samples_path().read_text(encoding="utf-8"))
+    path = repeated(samples.samples_path(), 3, tmp_path)
+    items = json.loads(samples.samples_path().read_text(encoding="utf-8"))
     many = json.loads(path.read_text(encoding="utf-8"))
     assert len(many) == 3 * len(items) and len({m["id"] for m in many}) == len(many)
     assert [m["input"] for m in many] == [i["input"] for i in items] * 3
-    assert repeated(demo.samples_path(), 1, tmp_path) == demo.samples_path()  # once: the file itself
+    assert repeated(samples.samples_path(), 1, tmp_path) == samples.samples_path()  # once: the file itself
 
 
 def test_bench_json(tmp_path):
     one = tmp_path / "one.json"  # one question, twice
-    one.write_text(json.dumps(json.loads(demo.samples_path().read_text(encoding="utf-8"))[:1]), encoding="utf-8")
+    one.write_text(json.dumps(json.loads(samples.samples_path().read_text(encoding="utf-8"))[:1]), encoding="utf-8")
     # Short prompts, as infer would take them: the seed's system prompt is ~900 tokens here.
     prompts = tmp_path / "short.toml"
     prompts.write_text('system = "짧게 답하시오."\nselection = "고르시오."\ncorrection = "고치시오."\n', encoding="utf-8")
@@ -82,11 +82,11 @@ def test_a_request_that_cannot_be_met_stays_a_user_error(tmp_path):
 def test_bench_takes_infer_s_references_and_examples(tmp_path):
     """Retrieved norms and examples lengthen the prompts, so prompt time: benched as infer would run them."""
     one = tmp_path / "one.json"
-    one.write_text(json.dumps(json.loads(demo.samples_path().read_text(encoding="utf-8"))[5:6]), encoding="utf-8")
+    one.write_text(json.dumps(json.loads(samples.samples_path().read_text(encoding="utf-8"))[5:6]), encoding="utf-8")
     prompts = tmp_path / "short.toml"
     prompts.write_text('system = "짧게 답하시오."\ncorrection = "고치시오."\n', encoding="utf-8")
-    refs = demo.samples_path().parent / "sample_references.txt"
-    gold = demo.samples_path().parent / "samples_gold.json"
+    refs = samples.samples_path().parent / "sample_references.txt"
+    gold = samples.samples_path().parent / "samples_gold.json"
     common = ["--prompts", str(prompts), "--references", str(refs), "--references-count", "1",
               "--examples", str(gold), "--examples-count", "1"]
     r = run_cli("bench", str(embedded.smollm2_gguf()), "--input", str(one), "--parallel", "1", "--max-new-tokens",

@@ -12,7 +12,7 @@ from toolkit.engine import Engine, EngineSettings
 from toolkit.infer import InferSettings, infer
 from toolkit.prompts import PromptSet
 from toolkit.sampler import SamplingParams
-from toolkit.score import answer_sentence, has_answer_form
+from toolkit.answer import answer_sentence, has_answer_form
 
 CHOOSE = " 가운데 올바른 것을 선택하고, 그 이유를 설명하세요."
 CORRECT = "다음 문장에서 어문 규범에 부합하지 않는 부분을 찾아 고치고, 그 이유를 설명하세요.\n"

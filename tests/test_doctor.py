@@ -1,5 +1,7 @@
 import json
 
+import llama_cpp
+
 from conftest import run_cli
 from toolkit import tools, versions
 
@@ -13,7 +15,9 @@ def test_doctor_json_reports_the_installation(converter):
     assert rep["converter"] == str(converter.script)
     built = tools.require()
     assert rep["llama_cpp_tools"] == f"{built.bin} (llama.cpp {built.commit[:7]})"
-    assert isinstance(rep["gpu_offload"], bool)
+    # As llama.cpp itself says (False on a CPU build, True on a CUDA one), and no GPU listed without it.
+    assert rep["gpu_offload"] is bool(llama_cpp.llama_supports_gpu_offload())
+    assert rep["gpu_offload"] or not [d for d in rep["devices"] if d["kind"] in ("GPU", "IGPU")], rep["devices"]
     assert any(d["kind"] == "CPU" for d in rep["devices"])
     gpus = [d for d in rep["devices"] if d["kind"] == "GPU"]
     assert all(d["total_bytes"] >= d["free_bytes"] > 0 for d in gpus)

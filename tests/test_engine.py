@@ -57,10 +57,32 @@ def test_greedy_matches_llama_cpp_python(engine):
     assert ours.stopped in ("eog", "length")
 
 
-def test_generation_stops_at_max_new_tokens(engine):
+class NoEnd:
+    """A constraint (the sampler's hook for answer forms) that never lets the model end: every
+    end-of-generation token masked, so only the length can stop it."""
+
+    done = False
+
+    def __init__(self, engine):
+        self.eog = [t for t in range(engine.n_vocab) if engine.is_eog(t)]
+
+    def apply(self, logits):
+        logits = logits.copy()
+        logits[self.eog] = float("-inf")
+        return logits
+
+    def accept(self, token):
+        pass
+
+
+@pytest.mark.parametrize("limit", [1, 5, 40])
+def test_generation_stops_at_max_new_tokens(engine, limit):
     ids = engine.tokenize(PROMPT)
-    gen = engine.generate(ids, Sampler(SamplingParams(), ids, engine.n_vocab, 1), 5)
-    assert len(gen.tokens) <= 5 and (gen.stopped == "length") == (len(gen.tokens) == 5)
+    no_end = NoEnd(engine)
+    assert engine.tokenize("<|im_end|>")[0] in no_end.eog
+    gen = engine.generate(ids, Sampler(SamplingParams(), ids, engine.n_vocab, 1, no_end), limit)
+    assert gen.stopped == "length" and len(gen.tokens) == limit
+    assert not any(engine.is_eog(t) for t in gen.tokens)
 
 
 @pytest.mark.parametrize("make", ["missing", "not_gguf", "truncated"])

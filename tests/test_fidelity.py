@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from toolkit import demo, fidelity
+from toolkit import fidelity, samples
 from toolkit.fidelity import compare
 
-PROSE = demo.samples_path().parent / "prose_ko.txt"
+PROSE = samples.samples_path().parent / "prose_ko.txt"
 
 
 def files(smollm2_quantized):

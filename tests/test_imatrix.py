@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from toolkit import demo, gguf, imatrix, tools
+from toolkit import gguf, imatrix, samples, tools
 from toolkit.engine import Engine, EngineSettings
 from toolkit.errors import UserError
 from toolkit.fidelity import compare
@@ -15,7 +15,7 @@ from toolkit.infer import InferSettings, resolve_model
 from toolkit.prompts import PromptSet
 from toolkit.quantize import QuantizeSettings, quantize
 
-PROSE = demo.samples_path().parent / "prose_ko.txt"  # held out: not in any calibration set
+PROSE = samples.samples_path().parent / "prose_ko.txt"  # held out: not in any calibration set
 
 
 @pytest.fixture(scope="session")
@@ -150,7 +150,7 @@ def test_another_calibration_set_makes_the_imatrix_quant_again(smollm2_hf, smoll
                  "SmolLM2-135M-Instruct.imatrix.gguf"):
         shutil.copy(calibrated.directory / name, directory / name)
     calib = tmp_path / "train.json"
-    calib.write_text(json.dumps(demo.samples_with_gold()[:3], ensure_ascii=False), encoding="utf-8")
+    calib.write_text(json.dumps(samples.samples_with_gold()[:3], ensure_ascii=False), encoding="utf-8")
     settings = QuantizeSettings(types=("Q4_K_M",), output_dir=directory.parent, imatrix="auto", calibration=calib,
                                 check=False)
     again = quantize(str(smollm2_hf), settings)

@@ -11,7 +11,7 @@ import pytest
 from llama_cpp import Llama
 
 from conftest import files_under, make_lora, run_cli
-from toolkit import demo, embedded, fit, gguf, manifest
+from toolkit import embedded, fit, gguf, manifest, samples
 from toolkit.engine import Engine, EngineSettings
 from toolkit.errors import OutputExists, UserError
 from toolkit.fsutil import exclusive, sha256_file
@@ -350,14 +350,14 @@ def test_qwen3_and_exaone_quantize_fit_and_answer(kind, shape, keys, qwen_tokeni
     assert estimate / 2**20 == pytest.approx(reported, abs=0.01)
     # Qwen3's real template, with thinking off as the baseline asks; answers for every item.
     out = tmp_path / "answers.json"
-    r = run_cli("infer", str(demo.samples_path()), "--model", str(q4.path), "--output", str(out), "--greedy",
+    r = run_cli("infer", str(samples.samples_path()), "--model", str(q4.path), "--output", str(out), "--greedy",
                 "--max-new-tokens", "4", "--dry-run")
     assert r.returncode == 0, r.stderr
     prompts = [item["output"]["prompt"] for item in json.loads(out.read_text(encoding="utf-8"))]
     assert all(p.startswith("<|im_start|>system\n") and p.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
                for p in prompts)
     out.unlink()
-    r = run_cli("infer", str(demo.samples_path()), "--model", str(q4.path), "--output", str(out), "--greedy",
+    r = run_cli("infer", str(samples.samples_path()), "--model", str(q4.path), "--output", str(out), "--greedy",
                 "--max-new-tokens", "4", "--json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)

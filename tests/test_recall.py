@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from toolkit import demo
+from toolkit import samples
 from toolkit.recall import Found, Retrieved, evaluate
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -59,7 +59,7 @@ def test_retrieve_lists_and_evaluates_as_its_json_says(tmp_path):
 
 
 def test_eval_needs_gold_titles():
-    r = run_cli("retrieve", str(demo.samples_path()), "--references", str(NORMS), "--eval")
+    r = run_cli("retrieve", str(samples.samples_path()), "--references", str(NORMS), "--eval")
     assert r.returncode == 2 and "--eval needs questions with output.article" in r.stderr
 
 
@@ -73,7 +73,7 @@ def test_eval_needs_gold_titles():
 def test_a_bad_labels_file_is_one_line_and_exit_2_before_any_model(tmp_path, content, match, command):
     bad = tmp_path / "[labels].json"  # brackets in a path are text, not markup
     bad.write_text(content, encoding="utf-8")
-    args = [str(LABELLED)] if command == "retrieve" else [str(demo.samples_path()), "--model",
+    args = [str(LABELLED)] if command == "retrieve" else [str(samples.samples_path()), "--model",
                                                           str(tmp_path / "never-loaded.gguf")]
     if command == "infer":
         (tmp_path / "never-loaded.gguf").write_bytes(b"GGUF")  # not a model: it must not get that far
@@ -84,5 +84,5 @@ def test_a_bad_labels_file_is_one_line_and_exit_2_before_any_model(tmp_path, con
 
 
 def test_labels_need_the_references():
-    r = run_cli("infer", str(demo.samples_path()), "--references-labels", str(LABELLED))
+    r = run_cli("infer", str(samples.samples_path()), "--references-labels", str(LABELLED))
     assert r.returncode == 2 and "--references-labels needs --references FILE" in r.stderr

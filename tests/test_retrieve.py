@@ -6,12 +6,14 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from toolkit import demo
+from toolkit import samples
 from toolkit.errors import InvalidInput
-from toolkit.retrieve import (Example, ExampleSettings, Reference, RetrievalSettings, Retriever, examples_for,
-                              for_items, load_examples, load_references, parse_references, query_of)
+from toolkit.korean import Retriever
+from toolkit.references import Reference, load_references, parse_references
+from toolkit.retrieve import (Example, ExampleSettings, RetrievalSettings, examples_for, for_items, load_examples,
+                              query_of)
 
-REFS = demo.samples_path().parent / "sample_references.txt"
+REFS = samples.samples_path().parent / "sample_references.txt"
 
 # As text extraction gives the reference document: titles wrapped over lines, a `<…>` inside a
 # rule's examples, text before the first title (a cover page).
@@ -103,7 +105,7 @@ EXPECTED = {"s1": "표준어 규정 - 설레다", "s2": "한글 맞춤법 - 어�
 
 
 def test_each_sample_question_gets_its_norm_first():
-    items = json.loads(demo.samples_path().read_text(encoding="utf-8"))
+    items = json.loads(samples.samples_path().read_text(encoding="utf-8"))
     found = for_items(items, RetrievalSettings(REFS, count=2))
     assert {k: refs[0].title for k, refs in found.items()} == EXPECTED
     assert all(1 <= len(refs) <= 2 and len(set(refs)) == len(refs) for refs in found.values())
@@ -184,7 +186,7 @@ TRAIN = [
 def test_examples_are_the_most_alike_solved_questions_of_the_type(tmp_path):
     train = write_items(tmp_path / "train.json", TRAIN)
     assert [e.id for e in load_examples(train)] == ["t1", "t2", "t3", "t4", "t5"]
-    items = json.loads(demo.samples_path().read_text(encoding="utf-8"))
+    items = json.loads(samples.samples_path().read_text(encoding="utf-8"))
     found = examples_for(items, ExampleSettings(train, count=2))
     assert [e.id for e in found["s2"]] == ["t1"]  # t5 is the same question: its answer is not shown
     # Asked in other words about the same sentence: still the same question.
@@ -212,7 +214,7 @@ def test_a_file_without_answers_gives_no_examples(tmp_path):
 
 @pytest.mark.parametrize("command", ["infer", "bench"])
 def test_a_count_without_its_file_is_refused(command, tmp_path):
-    target = [str(demo.samples_path())] if command == "infer" else [str(tmp_path / "x.gguf")]
+    target = [str(samples.samples_path())] if command == "infer" else [str(tmp_path / "x.gguf")]
     for option, needs in (("--references-count", "--references"), ("--references-chars", "--references"),
                           ("--examples-count", "--examples")):
         r = run_cli(command, *target, option, "2")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from toolkit.labels import Labelled
-from toolkit.retrieve import load_references, parse_references
+from toolkit.references import load_references, parse_references
 from toolkit.route import LOANWORDS, MARKS_SECTION, SPACING, SPELLING, Ranker, section_of
 
 NORMS = Path(__file__).parent / "fixtures" / "norms_small.txt"

@@ -5,8 +5,10 @@ import json
 import pytest
 
 from conftest import run_cli
-from toolkit import demo
-from toolkit.score import Rouge1, exact_match, final_score, has_answer_form, score, split_answer
+from toolkit import samples
+from toolkit.answer import has_answer_form, split_answer
+from toolkit.korean import Rouge1
+from toolkit.score import exact_match, final_score, score
 
 GOLD = '"장마가 며칠 동안 이어졌다."가 옳다. 사과 배 감 귤'
 
@@ -256,15 +258,15 @@ def test_scoring_infer_output_end_to_end(tmp_path):
     from toolkit.sampler import SamplingParams
 
     out = tmp_path / "answers.json"
-    infer(demo.samples_path(), InferSettings(model=embedded.smollm2_gguf(), output=out,
+    infer(samples.samples_path(), InferSettings(model=embedded.smollm2_gguf(), output=out,
                                              sampling=SamplingParams(max_new_tokens=16),
                                              prompts=PromptSet(system="", selection="고르시오.", correction="고치시오.")))
-    r = run_cli("score", str(out), str(demo.samples_gold_path()), "--json",
+    r = run_cli("score", str(out), str(samples.samples_gold_path()), "--json",
                 env={"HF_HUB_CACHE": str(tmp_path / "empty-cache")})
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["n"] == 8 and 0 <= data["final"] <= 1
     assert set(data["by_type"]) == {"선택형", "교정형", "단답형"}
-    perfect = json.loads(run_cli("score", str(demo.samples_gold_path()), str(demo.samples_gold_path()), "--json",
+    perfect = json.loads(run_cli("score", str(samples.samples_gold_path()), str(samples.samples_gold_path()), "--json",
                                  env={"HF_HUB_CACHE": str(tmp_path / "empty-cache")}).stdout)
     assert perfect["exact_match"] == perfect["rouge1"] == perfect["final"] == 1.0

@@ -8,7 +8,8 @@ import pytest
 
 from conftest import run_cli
 from toolkit import dataset
-from toolkit.score import Rouge1, exact_match
+from toolkit.korean import Rouge1
+from toolkit.score import exact_match
 from toolkit.vote import VOTE_RECORD, choose, medoid, vote_files
 
 ROUGE = Rouge1()

@@ -16,6 +16,7 @@ from .engine import EngineSettings
 from .errors import ToolkitError, UserError
 from .prompts import PromptSet
 from .retrieve import ExampleSettings, RetrievalSettings
+from .samples import samples_path
 from .sampler import SamplingParams
 
 
@@ -102,11 +103,11 @@ def repeated(input_path: Path, times: int, directory: Path) -> Path:
 def bench(model: Path, input_path: Path | None = None, settings: BenchSettings = BenchSettings(),
           repeat: int = 1) -> list[dict]:
     """One row per --parallel setting; the questions default to the bundled samples."""
-    from . import demo, gguf
+    from . import gguf
     from .dataset import load_items
 
     gguf.read_model(model)  # a missing, truncated, non-GGUF or non-model file fails here, before any worker starts
-    input_path = Path(input_path) if input_path else demo.samples_path()
+    input_path = Path(input_path) if input_path else samples_path()
     load_items(input_path)  # a bad input fails here, once, with the usual message
     ctx = mp.get_context("spawn")  # a fresh process per setting: its own peak RSS, no shared state
     rows = []

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -12,10 +11,11 @@ from pathlib import Path
 from typing import Callable
 
 from . import console, converter_entry, vendor
-from .errors import (ConversionFailed, NotACheckpoint, UnsupportedAdapter, UnsupportedArchitecture, UnsupportedTokenizer,
+from .errors import (ConversionFailed, UnsupportedAdapter, UnsupportedArchitecture, UnsupportedTokenizer,
                      UserError)
 from .fsutil import atomic_path, disk_full
 from .process import child
+from .source import read_config
 
 OUTTYPES = ("auto", "bf16", "f16", "f32")
 _PERCENT = re.compile(rb"Writing:\s+(\d+)%")
@@ -28,19 +28,6 @@ _CHKHSH = re.compile(r"chkhsh:\s+([0-9a-f]{64})")
 # How the converter says the disk is full: numpy's tofile (it checks the room before a write, and
 # counts a short one), the OS; and a quota.
 _NO_SPACE = re.compile(r"Not enough free space|No space left on device|\d+ requested and \d+ written|Disk quota exceeded")
-
-
-def read_config(checkpoint: Path) -> dict:
-    path = checkpoint / "config.json"
-    if not path.is_file():
-        raise NotACheckpoint(f"{checkpoint}: no config.json, so not a Hugging Face checkpoint directory")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise NotACheckpoint(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise NotACheckpoint(f"{path}: not a JSON object, so not a model's config")
-    return config
 
 
 def checkpoint_dtype(config: dict) -> str | None:

@@ -3,35 +3,18 @@ Q4_K_M, then answering the bundled sample questions and scoring them against our
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 
 from . import dataset, embedded, vendor
 from .infer import InferResult, InferSettings, infer
 from .quantize import QuantizeResult, QuantizeSettings, quantize
+from .samples import samples_gold_path, samples_path
 from .sampler import SamplingParams
 from .score import Report, score
 
 # A 135M model rambles; a shorter budget keeps the demo to a minute on two cores.
 DEMO_MAX_NEW_TOKENS = 128
-
-
-def samples_path() -> Path:
-    return Path(str(resources.files("toolkit").joinpath("data", "samples.json")))
-
-
-def samples_gold_path() -> Path:
-    """The sample questions with our own gold answers."""
-    return Path(str(resources.files("toolkit").joinpath("data", "samples_gold.json")))
-
-
-def samples_with_gold() -> list[dict]:
-    """The sample questions, each with its gold `output` (the default calibration/fidelity text)."""
-    items = json.loads(samples_path().read_text(encoding="utf-8"))
-    gold = {str(g["id"]): g for g in json.loads(samples_gold_path().read_text(encoding="utf-8"))}
-    return [dict(i, output=gold.get(str(i["id"]), {}).get("output", {})) for i in items]
 
 
 def checkpoint() -> Path:

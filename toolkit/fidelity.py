@@ -24,6 +24,7 @@ import numpy as np
 from . import chat_template, dataset, gguf
 from .engine import Engine, EngineSettings
 from .errors import UserError
+from .samples import samples_with_gold
 from .sampler import Sampler, SamplingParams
 
 MIN_CHUNK = 16  # tokens in a plain-text chunk, half of them scored
@@ -170,12 +171,10 @@ def compare(reference: Path, quants: list[Path], texts_source: Path | None = Non
             engine_settings: EngineSettings = EngineSettings(), workdir: Path | None = None,
             on_file: Callable[[Path], None] | None = None, temp_prefix: str = ".fidelity-") -> list[FidelityRow]:
     """Rows for the reference (agreement 1, KLD 0) and each quant, on the same tokens."""
-    from . import demo
-
     if n_ctx < MIN_CHUNK:
         raise UserError(f"--n-ctx {n_ctx}: chunks need at least {MIN_CHUNK} tokens")
     _same_model(reference, quants)  # all of them before the first model is scored
-    source = demo.samples_with_gold() if texts_source is None else read_source(Path(texts_source))
+    source = samples_with_gold() if texts_source is None else read_source(Path(texts_source))
 
     with Engine(reference, engine_settings) as ref_engine:
         texts = texts_from_source(ref_engine, source, n_ctx)

@@ -23,6 +23,7 @@ from .errors import InternalError, UserError
 from .fsutil import atomic_path, sha256_file
 from .process import child
 from .prompts import PromptSet, build_messages
+from .samples import samples_with_gold
 
 MAX_CTX = 512  # llama-imatrix's own default chunk
 MIN_CTX = 64
@@ -50,9 +51,7 @@ class ImatrixInfo:
 
 def default_items() -> tuple[list[dict], str]:
     """The bundled sample questions with their reference answers."""
-    from . import demo
-
-    return demo.samples_with_gold(), "bundled samples"
+    return samples_with_gold(), "bundled samples"
 
 
 def items_sha256(items: list[dict]) -> str:

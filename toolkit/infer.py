@@ -13,15 +13,16 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import chat_template, console, constraints, dataset, embedded, gguf, manifest, retrieve
+from .answer import has_answer_form
 from .clean import clean_answer
 from .engine import Engine, EngineSettings, Generation, LoadInfo
 from .errors import ModelNotFound, OutputExists, UserError
 from .fit import KV_PAD, round_up
 from .fsutil import exclusive, sha256_file
+from .korean import Rouge1
 from .parallel import ParallelDecoder, Request, kv_cells, shared_prefixes
 from .prompts import CORRECTION, SELECTION, PromptSet, build_messages, warn_unknown_types
 from .sampler import Sampler, SamplingParams, item_seed
-from .score import Rouge1, has_answer_form
 from .vote import VOTE_RECORD, Choice, choose
 
 

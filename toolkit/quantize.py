@@ -14,13 +14,13 @@ from pathlib import Path
 
 from . import gguf, manifest
 from .adapter import Adapter, load_adapter, merge_copy_bytes, merged_checkpoint
-from .convert import checkpoint_dtype, convert, read_config, resolve_outtype
+from .convert import checkpoint_dtype, convert, resolve_outtype
 from .engine import Engine, EngineSettings
 from .errors import InvalidGGUF, OutputExists, UserError
 from .fsutil import OUTPUT_HINT, exclusive, output_directory, require_space, same_disk, sha256_file
 from .quantizer import (DEFAULT_TYPE, IMATRIX_TYPES, QUANT_TYPES, canonical_type, estimated_size, imatrix_required,
                         quantize_file, quantize_file_with_imatrix, verify_loads)
-from .source import Source, fetch, locate, pending_bytes, repo_cache_dir
+from .source import Source, fetch, locate, pending_bytes, read_config, repo_cache_dir
 from .weights import count_params
 
 

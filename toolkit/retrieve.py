@@ -4,7 +4,7 @@ questions most like it, from a train file (examples shown in the prompt).
 The 2025 task ("한국어 어문 규범 기반 생성(RAG)") gives a reference document of the norms
 (한글 맞춤법, 표준어 규정, 띄어쓰기, 문장 부호, 외래어 표기법 …), one passage per rule under a
 title like `<띄어쓰기 - 한글 맞춤법 제42항>`. Each question gets the passages that best match it,
-by BM25 over Korean morphemes (kiwipiepy, offline, as `score` uses) and the question's own
+by BM25 over Korean morphemes (kiwipiepy, offline: korean.py) and the question's own
 spellings, so that `{할 수/할수}` finds the rule whose examples write it. Off unless asked for: the
 seed baseline's prompts have no references. Examples are found the same way, among the train
 file's questions of the same type.
@@ -12,58 +12,27 @@ file's questions of the same type.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import unicodedata
-from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .dataset import answer_of, item_key, load_items, read_text
+from .dataset import answer_of, item_key, load_items
 from .errors import InvalidInput
 from .fsutil import sha256_file
+from .korean import Retriever
 from .labels import article_of, load_labels, same_question, title_key
 from .question import AS_STRAIGHT
-from .score import kiwi
+from .references import Reference, flat, load_references
+from .route import Ranker
 
-# Titles as the reference document writes them: `<분야 - 규정 제N항>`, wrapped over lines where a
-# PDF's text extraction broke them. The " - " tells them from a `<…>` inside a rule's examples.
-_TITLE = re.compile(r"<([^<>]{1,80}?\s[-–]\s[^<>]{1,120}?)>")
-_HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", re.M)  # a Markdown file of rules
 _QUOTED = re.compile(r'"([^"\n]+)"')
 _SINGLE_QUOTED = re.compile(r"'([^'\n]+)'")
-_HYPHENATED = re.compile(r"[가-힣]+(?:(?:\s-|-\s?)[가-힣]+)+")  # 윗-눈썹, 윗 -목, 윗- 자리 (not a title's " - ")
-_SYMBOL_TAGS = ("SF", "SP", "SS", "SSO", "SSC", "SE", "SO", "SW", "SB", "W_")
-
-_FINALS = "ᆨᆩᆪᆫᆬᆭᆮᆯᆰᆱᆲᆳᆴᆵᆶᆷᆸᆹᆺᆻᆼᆽᆾᆿᇀᇁᇂ"
-_LETTERS = "ㄱㄲㄳㄴㄵㄶㄷㄹㄺㄻㄼㄽㄾㄿㅀㅁㅂㅄㅅㅆㅇㅈㅊㅋㅌㅍㅎ"
-_FINAL_TO_LETTER = str.maketrans(_FINALS, _LETTERS)
 
 DEFAULT_COUNT = 3  # passages per question
 DEFAULT_EXAMPLES = 3  # solved questions per question
 DEFAULT_CHARS = 1000  # of each passage: the longest rules (쉼표, 외래어 표 …) run to several thousand
 RETRIEVER = 2  # 1: BM25 over the question's sentence; 2: routed by what the question asks about (route.py)
-
-
-@dataclass(frozen=True)
-class Reference:
-    title: str  # "" where the file gives none
-    text: str
-
-    def around(self, words: Sequence[str], max_chars: int) -> Reference:
-        """This passage, or where the first of `words` in it lies past `max_chars`, its text from a
-        little before that word: the cut would otherwise drop what it was found for."""
-        first = min((i for w in words if (i := self.text.find(w)) >= 0), default=None)
-        if len(self.text) <= max_chars or first is None or first < max_chars * 3 // 4:
-            return self
-        start = self.text.rfind(" ", 0, max(0, first - max_chars // 4)) + 1
-        return Reference(self.title, "… " + self.text[start:])
-
-    def render(self, max_chars: int) -> str:
-        text = self.text if len(self.text) <= max_chars else _cut(self.text, max_chars)
-        return f"<{self.title}> {text}" if self.title else text
 
 
 @dataclass(frozen=True)
@@ -82,87 +51,6 @@ class RetrievalSettings:
                 "retriever": RETRIEVER, "labels": sha256_file(self.labels) if self.labels else None}
 
 
-def _cut(text: str, max_chars: int) -> str:
-    """At the last space inside max_chars (a word is not split), with an ellipsis."""
-    head = text[:max_chars]
-    space = head.rfind(" ")
-    return (head[:space] if space > max_chars // 2 else head).rstrip() + " …"
-
-
-def _flat(text: str) -> str:
-    return " ".join(text.split())  # a PDF's line breaks fall mid-sentence
-
-
-def parse_references(text: str) -> list[Reference]:
-    """Passages of a text file: under `<… - …>` titles, else under Markdown headings, else one per
-    paragraph (blank lines between)."""
-    for pattern in (_TITLE, _HEADING):
-        marks = list(pattern.finditer(text))
-        if marks:
-            refs = []
-            for mark, following in zip(marks, marks[1:] + [None]):
-                body = text[mark.end():following.start() if following else len(text)]
-                if _flat(body):
-                    refs.append(Reference(_flat(mark.group(1)), _flat(body)))
-            return refs
-    return [Reference("", _flat(p)) for p in re.split(r"\n\s*\n", text) if _flat(p)]
-
-
-def _from_json(data, path: Path) -> list[Reference]:
-    if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):  # {title: text}
-        data = [{"title": k, "text": v} for k, v in data.items()]
-    if not isinstance(data, list):
-        raise InvalidInput(f"{path}: expected a list of passages (texts or {{title, text}} objects)")
-    refs = []
-    for n, entry in enumerate(data, 1):
-        if isinstance(entry, str):
-            entry = {"text": entry}
-        if not isinstance(entry, dict):
-            raise InvalidInput(f"{path}: passage {n} is neither text nor an object")
-        body = entry.get("text", entry.get("content"))
-        if not isinstance(body, str):
-            raise InvalidInput(f"{path}: passage {n} has no 'text'")
-        title = entry.get("title") or ""
-        if not isinstance(title, str):
-            raise InvalidInput(f"{path}: passage {n}: 'title' must be text")
-        if _flat(body):
-            refs.append(Reference(_flat(title), _flat(body)))
-    return refs
-
-
-def load_references(path: Path) -> list[Reference]:
-    """A text or Markdown file (the reference document as text), a JSON list or object, or JSONL."""
-    suffix = Path(path).suffix.lower()
-    try:
-        with Path(path).open("rb") as f:
-            is_pdf = suffix == ".pdf" or f.read(5) == b"%PDF-"
-    except OSError:
-        is_pdf = suffix == ".pdf"  # (else read_text says why it cannot be read)
-    if is_pdf:  # checked before decoding: a PDF is binary
-        raise InvalidInput(f"{path}: a PDF; extract its text first (pdftotext -layout {Path(path).name} norms.txt)")
-    text = unicodedata.normalize("NFC", read_text(path, "references file"))
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InvalidInput(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-        refs = _from_json(data, path)
-    elif suffix == ".jsonl":
-        data = []
-        for n, line in enumerate(text.split("\n"), 1):  # (not splitlines: U+2028 may sit inside a string)
-            if line.strip():
-                try:
-                    data.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise InvalidInput(f"{path}: line {n} is not valid JSON ({e.msg})") from None
-        refs = _from_json(data, path)
-    else:
-        refs = parse_references(text)
-    if not refs:
-        raise InvalidInput(f"{path}: no passages in it")
-    return refs
-
-
 def query_of(question: str) -> str:
     """What a question asks about: its quoted sentence (the rest, "가운데 올바른 것을 선택하고, 그 이유를
     설명하세요.", is the same in every question and would only match noise)."""
@@ -177,61 +65,9 @@ def query_of(question: str) -> str:
     return lines[-1] if len(lines) > 1 else text  # an instruction line, then the sentence unquoted
 
 
-class Retriever:
-    """Okapi BM25 (k1 1.2, b 0.75) over kiwipiepy morphemes and whitespace words."""
-
-    K1, B = 1.2, 0.75
-    COMMON = 0.1  # share of the passages above which a term is too common to tell them apart
-
-    def __init__(self, documents: Sequence[str]) -> None:
-        self._kiwi = kiwi()
-        self._docs = [Counter(self.terms(d)) for d in documents]
-        self._lengths = [sum(d.values()) for d in self._docs]
-        self._avg = sum(self._lengths) / len(self._lengths) or 1.0
-        df = Counter(t for d in self._docs for t in d)
-        n = len(self._docs)
-        # Terms in many passages (particles, 하다, 것 …) only add noise that favours the long
-        # rules full of example sentences (문장 부호): they count for nothing.
-        common = max(2, n * self.COMMON)
-        self._idf = {t: math.log((n - f + 0.5) / (f + 0.5) + 1) if f <= common else 0.0 for t, f in df.items()}
-
-    def terms(self, text: str) -> list[str]:
-        """Morphemes (particles and endings too: many norms are about them), and each word as
-        written, its punctuation stripped: spellings like 할께 or 몇 일 are what a rule quotes."""
-        text = unicodedata.normalize("NFC", text)  # (a decomposed file would match nothing)
-        morphemes = [t.form for t in self._kiwi.tokenize(text) if not t.tag.startswith(_SYMBOL_TAGS)]
-        words = re.findall(r"\w+", text)  # {A/B}: both spellings
-        joined = [re.sub(r"[\s-]", "", w) for w in _HYPHENATED.findall(text)]  # 윗-눈썹 is asked as 윗눈썹
-        # Kiwi writes an ending's consonant as a final jamo (ᆯ께), the norms as a letter (-(으)ㄹ께).
-        return [t.translate(_FINAL_TO_LETTER) for t in morphemes + words + joined]
-
-    def scores(self, query: str, among: Sequence[int] | None = None) -> dict[int, float]:
-        """The BM25 score of each document (of those `among`) that shares a telling term with the query."""
-        terms = set(self.terms(query))
-        scores = {}
-        for n in range(len(self._docs)) if among is None else among:
-            doc, length = self._docs[n], self._lengths[n]
-            s = 0.0
-            for term in terms:
-                f = doc.get(term)
-                if f:
-                    norm = f * (self.K1 + 1) / (f + self.K1 * (1 - self.B + self.B * length / self._avg))
-                    s += self._idf[term] * norm
-            if s > 0:
-                scores[n] = s
-        return scores
-
-    def search(self, query: str, count: int, among: Sequence[int] | None = None) -> list[int]:
-        """The `count` best documents (of those `among`) that share a telling term with the query, by
-        index, best first (ties: file order)."""
-        return [n for n, _ in sorted(self.scores(query, among).items(), key=lambda kv: (-kv[1], kv[0]))[:count]]
-
-
 def ranker(settings: RetrievalSettings):
     """The ranking for these settings (route.Ranker): the reference document, with its labelled
     questions if any. A bad file of either is said here, before any model loads."""
-    from .route import Ranker  # (route builds on this module's passages and BM25)
-
     return Ranker(*read_inputs(settings))
 
 
@@ -322,13 +158,13 @@ def examples_for(items: list[dict], settings: ExampleSettings, rules: dict[str, 
         by_type.setdefault(e.question_type, []).append(n)
     asking: dict[str, set[int]] = {}  # what an example asks about → those examples
     for n, q in enumerate(queries):
-        asking.setdefault(_flat(q), set()).add(n)
+        asking.setdefault(flat(q), set()).add(n)
     found = {}
     for item in items:
         key = item_key(item)
         query = query_of(item["input"]["question"])
         pool = by_type.get(str(item["input"].get("question_type", "")), range(len(examples)))
-        same = asking.get(_flat(query), set())  # the same sentence asked (in other words, too): its own answer
+        same = asking.get(flat(query), set())  # the same sentence asked (in other words, too): its own answer
         among = [n for n in pool if n not in same]
         alike = retriever.search(query, len(among), among)
         titles = [r.title for r in (rules or {}).get(key, [])]

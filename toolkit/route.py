@@ -19,9 +19,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .korean import Retriever, kiwi
 from .labels import Labelled, Neighbours, section_name, title_key
 from .question import MARKS, PUNCT, SPACE, WORD, Asked, read
-from .retrieve import Reference, Retriever
+from .references import Reference
 
 # Sections by what their name says, whatever the document calls them in full.
 SPACING, MARKS_SECTION, LOANWORDS, SPELLING = "띄어쓰기", "문장 부호", "외래어", "맞춤법"
@@ -133,8 +134,6 @@ class Ranker:
     WEIGHTS = {"route": 1.0, "general": 0.5, "mark": 2.0, "hint": 0.8, "bm25": 1.5, "labels": 1.0}
 
     def __init__(self, refs: Sequence[Reference], labelled: Sequence[Labelled] = ()) -> None:
-        from .score import kiwi
-
         self.refs = list(refs)
         self._kiwi = kiwi()
         self.retriever = Retriever([f"{r.title} {r.text}" for r in self.refs])

@@ -6,7 +6,8 @@ the sentence may itself hold one) — after normalizing:
   * curly quotes become straight ones, surrounding whitespace goes, and one pair of quotes
     around the sentence is dropped (so `"A"가 옳다`, `“A” 가 옳다` and `A가 옳다` all give `A`);
   * a gold sentence that offers alternatives (`"A" 혹은 "B"`, also 또는) matches either.
-An answer without the form scores EM 0 and its whole text counts as the reason.
+An answer without the form scores EM 0 and its whole text counts as the reason. (The form is
+read in answer.py, ROUGE-1's morphemes in korean.py.)
 
 The reason is the text after that `옳다.`; the descriptive metrics follow the official evaluator
 (teddysum/korean_evaluation). ROUGE-1: F1 of morpheme unigrams after its preparation (first
@@ -21,123 +22,25 @@ Final = (EM + mean of the descriptive metrics computed) / 2.
 
 from __future__ import annotations
 
-import functools
-import re
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .answer import answer_sentence, gold_sentences, split_answer, unquote
 from .dataset import answer_of, read_json
 from .errors import InvalidInput, UserError
-
-_QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"', "″": '"', "‘": "'", "’": "'", "`": "'"})
-# 옳다 ends a word: "…이 옳다고 보기 어렵다" declares nothing.
-_FORM_AFTER = {q: re.compile(rf"(?<={q})\s*[가이]\s*옳다(?![가-힣])\.?") for q in "\"'"}  # after a closing quote
-_FORM = re.compile(r"\s*[가이]\s*옳다(?![가-힣])\.?")
-
-_NOT_ROUGE_CHAR = re.compile(r"[^A-Za-z0-9가-힣]")
-ROUGE_WORD_LIMIT = 1000
+from .korean import Rouge1
 
 BERTSCORE_REPO = "bert-base-multilingual-cased"
 BERTSCORE_LAYER = 9  # bert_score's choice for this model
 BLEURT_REPO = "Elron/bleurt-base-512"  # a BLEURT port loadable by transformers
 
 
-@dataclass(frozen=True)
-class SplitAnswer:
-    sentence: str | None  # None: the answer does not use the form
-    reason: str
-
-    @property
-    def quoted(self) -> bool:
-        """The declared sentence is in quotes, as the task's answers write it (`"…"가 옳다`)."""
-        s = self.sentence
-        return s is not None and len(s) >= 2 and s[0] == s[-1] and s[0] in "\"'"
-
-
-def _normalize(text: str) -> str:
-    return text.translate(_QUOTES).strip()
-
-
-def _unquote(text: str) -> str:
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1].strip()
-    return text
-
-
-def split_answer(answer: str) -> SplitAnswer:
-    text = _normalize(answer)
-    # A quoted sentence may itself hold "가 옳다" (or other quotes): then the form is the first
-    # one right after the opening quote's own kind of quote.
-    m = (_FORM_AFTER[text[0]].search(text, 1) if text[:1] in _FORM_AFTER else None) or _FORM.search(text)
-    if m is None:
-        return SplitAnswer(None, text)
-    return SplitAnswer(text[:m.start()].strip(), text[m.end():].strip())
-
-
-def gold_sentences(sentence: str) -> set[str]:
-    """The sentence, and where it lists quoted alternatives (`"A" 혹은 "B"`, `"A", "B" 또는 "C"`), each
-    of them. Quotes of another kind inside one sentence (`"그는 '사과' 또는 '배'를 골랐다."`) are its own."""
-    sentence = sentence.strip()
-    targets = {_unquote(sentence)}
-    q = sentence[:1]
-    if q in "\"'":
-        parts = re.split(rf"(?<={q})\s*(?:,|혹은|또는)\s*(?={q})", sentence)
-        if len(parts) > 1 and all(len(p) >= 2 and p[0] == p[-1] == q for p in parts):
-            targets |= {_unquote(p) for p in parts}
-    return targets
-
-
-def has_answer_form(answer: str) -> bool:
-    """The answer opens with a quoted sentence declared correct (`"…"가 옳다`, or 이 옳다): what exact
-    match reads. `정답: "…"가 옳다` or a bold `**"…"가 옳다**` does not, and scores 0."""
-    return split_answer(answer).quoted
-
-
-def answer_sentence(answer: str) -> str | None:
-    """The sentence an answer declares correct, as exact match compares it (None: no form)."""
-    sentence = split_answer(answer).sentence
-    return None if sentence is None else _unquote(sentence)
-
-
 def exact_match(prediction: str, gold: str) -> float:
     sentence, ref = answer_sentence(prediction), split_answer(gold)
     if sentence is None:
         return 0.0
-    targets = gold_sentences(ref.sentence) if ref.sentence is not None else {_unquote(ref.reason)}
+    targets = gold_sentences(ref.sentence) if ref.sentence is not None else {unquote(ref.reason)}
     return float(sentence in targets)
-
-
-@functools.cache
-def kiwi():
-    """kiwipiepy's analyzer (it ships its model: offline), loaded once (about a second) for
-    ROUGE-1, votes and retrieval alike."""
-    from kiwipiepy import Kiwi
-
-    return Kiwi()
-
-
-class Rouge1:
-    """ROUGE-1 F1 over Korean morphemes."""
-
-    def __init__(self) -> None:
-        self._kiwi = kiwi()
-
-    def tokens(self, text: str) -> list[str]:
-        # As the official rouge_metric.py prepares a text: lines joined, its first 1,000 words,
-        # lower case, every character but Latin letters, digits and Hangul syllables a space.
-        text = " ".join(text.split()[:ROUGE_WORD_LIMIT])
-        text = _NOT_ROUGE_CHAR.sub(" ", text.lower()).strip()
-        return " ".join(t.form for t in self._kiwi.tokenize(text)).split() if text else []
-
-    def f1(self, prediction: str, reference: str) -> float:
-        p, r = Counter(self.tokens(prediction)), Counter(self.tokens(reference))
-        overlap = sum((p & r).values())
-        if not overlap:
-            return 0.0
-        precision, recall = overlap / sum(p.values()), overlap / sum(r.values())
-        return 2 * precision * recall / (precision + recall)
 
 
 def _local_model(path: Path | None, repo_id: str) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import re
 import threading
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import console
-from .convert import read_config
 from .errors import DiskFull, GatedRepo, HubUnavailable, InvalidAdapter, NotACheckpoint, RepoNotFound, RevisionNotFound
 from .fsutil import NO_SPACE_ERRNOS, require_space, write_text_atomic
 
@@ -34,6 +34,19 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 ROOM_HINT = "free some space there or set HF_HOME (or HF_HUB_CACHE) to a disk with room"
+
+
+def read_config(checkpoint: Path) -> dict:
+    path = checkpoint / "config.json"
+    if not path.is_file():
+        raise NotACheckpoint(f"{checkpoint}: no config.json, so not a Hugging Face checkpoint directory")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise NotACheckpoint(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise NotACheckpoint(f"{path}: not a JSON object, so not a model's config")
+    return config
 
 
 @dataclass

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import console, dataset
+from .answer import answer_sentence, split_answer
 from .errors import InvalidInput, OutputExists, UserError
 from .fsutil import exclusive
-from .score import Rouge1, answer_sentence, split_answer
+from .korean import Rouge1
 
 Similarity = Callable[[str, str], float]
 VOTE_RECORD = "chosen_by_vote_among"  # the settings record of an output `toolkit vote` wrote
