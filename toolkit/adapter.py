@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from .errors import AdapterMismatch, InvalidAdapter, NotACheckpoint, UnsupportedAdapter, UserError
 from .fsutil import atomic_path, require_space, sha256_file
-from .source import ADAPTER_CONFIG, ADAPTER_WEIGHTS, Source, fetch, locate_adapter
+from .source import ADAPTER_CONFIG, ADAPTER_WEIGHTS, Source, fetch, locate_adapter, read_json_object
 from .weights import WeightTensor, safetensors_tensors
 
 _PREFIX = "base_model.model."  # how peft names the wrapped model's modules in adapter files
@@ -109,15 +109,7 @@ def load_adapter(spec: str, revision: str | None = None, token: str | None = Non
 
 
 def read(path: Path, source: Source) -> Adapter:
-    config_path = path / ADAPTER_CONFIG
-    if not config_path.is_file():
-        raise InvalidAdapter(f"{path}: no {ADAPTER_CONFIG}, so not a PEFT adapter directory")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise InvalidAdapter(f"{config_path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise InvalidAdapter(f"{config_path}: not a JSON object")
+    config = read_json_object(path / ADAPTER_CONFIG, InvalidAdapter, "a PEFT adapter directory", "an adapter's config")
     check_config(config, source.id)
     weights = next((path / w for w in ADAPTER_WEIGHTS if (path / w).is_file()), None)
     if weights is None:

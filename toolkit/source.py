@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import console
-from .errors import DiskFull, GatedRepo, HubUnavailable, InvalidAdapter, NotACheckpoint, RepoNotFound, RevisionNotFound
+from .errors import (DiskFull, GatedRepo, HubUnavailable, InvalidAdapter, NotACheckpoint, RepoNotFound, RevisionNotFound,
+                     UserError)
 from .fsutil import NO_SPACE_ERRNOS, require_space, write_text_atomic
 
 # What llama.cpp's converter reads; everything else in a repo (other formats, images,
@@ -36,17 +37,22 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 ROOM_HINT = "free some space there or set HF_HOME (or HF_HUB_CACHE) to a disk with room"
 
 
-def read_config(checkpoint: Path) -> dict:
-    path = checkpoint / "config.json"
+def read_json_object(path: Path, error: type[UserError], directory_is: str, object_is: str) -> dict:
+    """A directory's JSON settings file (config.json, adapter_config.json), or `error` saying why not."""
     if not path.is_file():
-        raise NotACheckpoint(f"{checkpoint}: no config.json, so not a Hugging Face checkpoint directory")
+        raise error(f"{path.parent}: no {path.name}, so not {directory_is}")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
-        raise NotACheckpoint(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise NotACheckpoint(f"{path}: not a JSON object, so not a model's config")
-    return config
+        raise error(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}: not a JSON object, so not {object_is}")
+    return value
+
+
+def read_config(checkpoint: Path) -> dict:
+    return read_json_object(checkpoint / "config.json", NotACheckpoint, "a Hugging Face checkpoint directory",
+                            "a model's config")
 
 
 @dataclass
