@@ -203,3 +203,14 @@ def test_warnings_notices_tables_and_bars_print_text_as_written(capsys):
     assert "warning: [labels].json [/b] has 3 titles" in err and "note: id [/red] done" in err
     assert "error: m[draft]/x.gguf: no such model file" in err and "answering q[/b].json" in err
     assert out.split() == ["[/red]", "[b]제1항", "(1.50)"] and out.count("\n") == 1
+
+
+def test_shell_completion_names_commands_and_options():
+    def complete(words: str) -> list[str]:
+        env = {"_TOOLKIT_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1)}
+        r = run_cli(env=env)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split()
+
+    assert complete("toolkit inf") == ["infer"]
+    assert complete("toolkit infer --answer-f") == ["--answer-form"]
