@@ -366,6 +366,38 @@ def test_qwen3_and_exaone_quantize_fit_and_answer(kind, shape, keys, qwen_tokeni
     assert len(items) == 8 and all(isinstance(item["output"]["answer"], str) for item in items)
 
 
+def test_qwen3_moe_converts_quantizes_and_answers(qwen_tokenizer, tmp_path):
+    """A mixture-of-experts layout (Qwen3-30B-A3B's kind, 8 experts of which 2 per token): llama.cpp's
+    converter stacks each layer's experts into one tensor per projection, the quantizer takes them,
+    auto-fit's KV estimate is still llama.cpp's own, and infer answers."""
+    checkpoint = random_checkpoint("qwen3_moe", qwen_tokenizer, tmp_path / "tiny-qwen3-moe", head_dim=64,
+                                   num_experts=8, num_experts_per_tok=2, moe_intermediate_size=128,
+                                   decoder_sparse_step=1)
+    (q4,) = quantize(str(checkpoint), QuantizeSettings(types=("Q4_K_M",), output_dir=tmp_path / "models",
+                                                       check=False)).files
+    info = gguf.read(q4.path)
+    assert info.architecture == "qwen3moe" and info.file_type == 15
+    assert {k: info.metadata[k] for k in ("qwen3moe.expert_count", "qwen3moe.expert_used_count",
+                                          "qwen3moe.expert_feed_forward_length")} == {
+        "qwen3moe.expert_count": 8, "qwen3moe.expert_used_count": 2, "qwen3moe.expert_feed_forward_length": 128}
+    experts = {t.name: t.shape for t in info.tensors if "_exps." in t.name}
+    assert len(experts) == 4 * 3  # gate, up and down of each of the 4 layers
+    assert experts["blk.0.ffn_gate_exps.weight"] == (256, 128, 8) and experts["blk.0.ffn_down_exps.weight"] == (128, 256, 8)
+    model_shape = fit.shape_of(q4.path)
+    with Engine(q4.path, EngineSettings(n_gpu_layers=0)) as engine:
+        engine.open_context(3000, n_seq_max=4)
+        reported = sum(float(m) for m in re.findall(r"KV buffer size =\s+([\d.]+) MiB", "\n".join(engine.buffer_sizes)))
+    estimate = sum(fit.kv_bytes_per_layer(model_shape, i, fit.FitRequest(n_ctx=3000)) for i in range(model_shape.n_layer))
+    assert estimate / 2**20 == pytest.approx(reported, abs=0.01)
+    out = tmp_path / "answers.json"
+    r = run_cli("infer", str(samples.samples_path()), "--model", str(q4.path), "--output", str(out), "--greedy",
+                "--max-new-tokens", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["generated"] == 8
+    items = json.loads(out.read_text(encoding="utf-8"))
+    assert len(items) == 8 and all(isinstance(item["output"]["answer"], str) for item in items)
+
+
 def test_a_converted_file_llama_cpp_rejects_is_named_with_its_reason_and_not_left(qwen_tokenizer, tmp_path):
     """llama.cpp's EXAONE 4 needs heads × head_dim = hidden size: this checkpoint (4 × 128 ≠ 256)
     converts, but does not load."""
