@@ -324,6 +324,16 @@ def random_exaone3_checkpoint(tokenizer: Path, out: Path) -> Path:
     return out
 
 
+def kv_estimate_and_llama_cpps_mib(path: Path, n_ctx: int = 3000) -> tuple[float, float]:
+    """auto-fit's KV-cache estimate and llama.cpp's own KV buffer for the same context, in MiB."""
+    model_shape = fit.shape_of(path)
+    with Engine(path, EngineSettings(n_gpu_layers=0)) as engine:
+        engine.open_context(n_ctx, n_seq_max=4)
+        reported = sum(float(m) for m in re.findall(r"KV buffer size =\s+([\d.]+) MiB", "\n".join(engine.buffer_sizes)))
+    estimate = sum(fit.kv_bytes_per_layer(model_shape, i, fit.FitRequest(n_ctx=n_ctx)) for i in range(model_shape.n_layer))
+    return estimate / 2**20, reported
+
+
 @pytest.mark.parametrize("kind, shape, keys", [
     # Qwen3-4B's attention is wider than its hidden size (32 heads × 128 > 2560): so is this one's.
     ("qwen3", {"head_dim": 128}, {"qwen3.attention.key_length": 128, "qwen3.embedding_length": 256}),
@@ -342,12 +352,8 @@ def test_qwen3_and_exaone_quantize_fit_and_answer(kind, shape, keys, qwen_tokeni
     assert info.architecture == kind and info.file_type == 15
     assert {k: info.metadata[k] for k in keys} == keys
     # auto-fit's KV estimate is llama.cpp's own allocation for these layouts too.
-    model_shape = fit.shape_of(q4.path)
-    with Engine(q4.path, EngineSettings(n_gpu_layers=0)) as engine:
-        engine.open_context(3000, n_seq_max=4)
-        reported = sum(float(m) for m in re.findall(r"KV buffer size =\s+([\d.]+) MiB", "\n".join(engine.buffer_sizes)))
-    estimate = sum(fit.kv_bytes_per_layer(model_shape, i, fit.FitRequest(n_ctx=3000)) for i in range(model_shape.n_layer))
-    assert estimate / 2**20 == pytest.approx(reported, abs=0.01)
+    estimate, reported = kv_estimate_and_llama_cpps_mib(q4.path)
+    assert estimate == pytest.approx(reported, abs=0.01)
     # Qwen3's real template, with thinking off as the baseline asks; answers for every item.
     out = tmp_path / "answers.json"
     r = run_cli("infer", str(samples.samples_path()), "--model", str(q4.path), "--output", str(out), "--greedy",
@@ -383,12 +389,8 @@ def test_qwen3_moe_converts_quantizes_and_answers(qwen_tokenizer, tmp_path):
     experts = {t.name: t.shape for t in info.tensors if "_exps." in t.name}
     assert len(experts) == 4 * 3  # gate, up and down of each of the 4 layers
     assert experts["blk.0.ffn_gate_exps.weight"] == (256, 128, 8) and experts["blk.0.ffn_down_exps.weight"] == (128, 256, 8)
-    model_shape = fit.shape_of(q4.path)
-    with Engine(q4.path, EngineSettings(n_gpu_layers=0)) as engine:
-        engine.open_context(3000, n_seq_max=4)
-        reported = sum(float(m) for m in re.findall(r"KV buffer size =\s+([\d.]+) MiB", "\n".join(engine.buffer_sizes)))
-    estimate = sum(fit.kv_bytes_per_layer(model_shape, i, fit.FitRequest(n_ctx=3000)) for i in range(model_shape.n_layer))
-    assert estimate / 2**20 == pytest.approx(reported, abs=0.01)
+    estimate, reported = kv_estimate_and_llama_cpps_mib(q4.path)
+    assert estimate == pytest.approx(reported, abs=0.01)
     out = tmp_path / "answers.json"
     r = run_cli("infer", str(samples.samples_path()), "--model", str(q4.path), "--output", str(out), "--greedy",
                 "--max-new-tokens", "4", "--json")
