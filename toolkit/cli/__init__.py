@@ -66,11 +66,9 @@ def _prepare(argv: list[str]) -> tuple[list[str], bool]:
 def _usage(e: typer.TyperException) -> str:
     """A usage error in one line: `--parallel: must be at least 1`."""
     param = getattr(e, "param", None)
-    message = getattr(e, "message", None)
-    if isinstance(e, typer.BadParameter) and param is not None and message and type(e) is typer.BadParameter:
-        name = max(param.opts, key=len) if getattr(param, "opts", None) and param.param_type_name == "option" \
-            else param.human_readable_name
-        return f"{name}: {message.removeprefix('Value error, ')}"  # pydantic's prefix on a choice
+    if type(e) is typer.BadParameter and param is not None:  # not its subclass MissingParameter
+        name = max(param.opts, key=len) if param.param_type_name == "option" else param.human_readable_name
+        return f"{name}: {e.message.removeprefix('Value error, ')}"  # pydantic's prefix on a choice
     return e.format_message()
 
 
