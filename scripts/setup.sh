@@ -85,17 +85,20 @@ if [ -z "${CMAKE_ARGS:-}" ] && amx_unusable; then
   BUILD_ENV="no-amx"
   echo "setup: this CPU advertises AMX but cannot run it here; building llama.cpp without AMX"
 fi
+# llama.cpp's RPC backend joins other machines' devices (`toolkit rpc-server`, `--rpc`); it is
+# built into every build, CPU or CUDA, runtime and tools alike (the tools read CMAKE_ARGS too).
+case " ${CMAKE_ARGS:-} " in
+  *GGML_RPC*) ;;
+  *) export CMAKE_ARGS="${CMAKE_ARGS:+$CMAKE_ARGS }-DGGML_RPC=ON" ;;
+esac
+
 MARKER="$VENV/.llama-cpp-python-build"
 WANT="$LLAMA_CPP_PYTHON ${CMAKE_ARGS:-} $BUILD_ENV"
 HAVE_VERSION=$("$PY" -c "from importlib.metadata import version; print(version('llama-cpp-python'))" 2>/dev/null || true)
 if [ "$HAVE_VERSION" != "$LLAMA_CPP_PYTHON" ] || [ "$(cat "$MARKER" 2>/dev/null)" != "$WANT" ]; then
   echo "setup: building llama-cpp-python $LLAMA_CPP_PYTHON ${CMAKE_ARGS:+with CMAKE_ARGS=$CMAKE_ARGS }(a few minutes)"
-  if [ -n "${CMAKE_ARGS:-}$BUILD_ENV" ]; then
-    # pip's wheel cache ignores build flags: a non-default build must not reuse a cached wheel.
-    "${PIP[@]}" install --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==$LLAMA_CPP_PYTHON"
-  else
-    "${PIP[@]}" install --force-reinstall --no-deps "llama-cpp-python==$LLAMA_CPP_PYTHON"
-  fi
+  # pip's wheel cache ignores build flags (every build has some now): never reuse a cached wheel.
+  "${PIP[@]}" install --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==$LLAMA_CPP_PYTHON"
   echo "$WANT" > "$MARKER"
 fi
 

@@ -1,5 +1,5 @@
-"""llama.cpp's own command-line tools (llama-imatrix, llama-quantize, llama-perplexity), built
-at setup time from the pinned sdist.
+"""llama.cpp's own command-line tools (llama-imatrix, llama-quantize, llama-perplexity,
+llama-fit-params, ggml-rpc-server), built at setup time from the pinned sdist.
 
 An importance matrix reaches llama.cpp's quantizer only as a C++ object, which the C API
 cannot take from Python; llama.cpp's tools can. They are compiled from the same sdist (same
@@ -24,7 +24,7 @@ from .errors import InternalError, ToolsNotBuilt, UserError
 from .fsutil import replace_dir
 from .process import child
 
-NAMES = ("llama-imatrix", "llama-quantize", "llama-perplexity")
+NAMES = ("llama-imatrix", "llama-quantize", "llama-perplexity", "llama-fit-params", "ggml-rpc-server")
 # Not needed to build the tools: test data, docs, other backends' sources.
 _SKIP = re.compile(r"(models|docs|tests|examples|media|benches|tools/ui|tools/server/public|"
                    r"ggml/src/ggml-(vulkan|sycl|opencl|hexagon|metal|webgpu|cann|zdnn|kompute))(/|$)")
@@ -76,6 +76,15 @@ def require() -> Tools:
     return tools
 
 
+def require_tool(name: str) -> Path:
+    """One tool's path; a build from before it was among NAMES says how to get it."""
+    root = tools_dir() / "bin"
+    if os.access(root / name, os.X_OK):
+        return root / name
+    raise ToolsNotBuilt(f"llama.cpp's {name} is not built: run `toolkit setup --tools` (a few minutes; needs cmake "
+                        "and a C++ compiler)")
+
+
 def _cmake() -> str:
     if found := shutil.which("cmake"):
         return found
@@ -110,6 +119,8 @@ def build(force: bool = False, jobs: int | None = None) -> Tools:
     if existing is not None and existing.flags == flags:
         return existing  # built with these flags already
     cmake_args = flags["CMAKE_ARGS"].split()
+    if not any(a.startswith("-DGGML_RPC") for a in cmake_args):
+        cmake_args.append("-DGGML_RPC=ON")  # ggml-rpc-server exists only in an RPC build
     conv = vendor.require()
     sdist = vendor.download_sdist(vendor.cache_root() / "sdist")
     cmake = _cmake()
