@@ -95,8 +95,9 @@ def test_shape_of_real_ggufs_accounts_for_every_weight(gemma3_gguf):
 
 
 def test_everything_fits_a_24gb_card():
-    plan = fit.plan(llama3_8b_q4_k_m(), fit.FitRequest(n_ctx=16 * 2048), 23 * GIB)
-    assert plan.all_layers and plan.n_gpu_layers == 33
+    placed = fit.plan(llama3_8b_q4_k_m(), fit.FitRequest(n_ctx=16 * 2048), 23 * GIB)
+    plan = placed.devices[0]
+    assert placed.all_layers and placed.n_gpu_layers == 33
     assert plan.kv_bytes == 32 * 32768 * 8 * 256 * 2  # 4 GiB of f16 KV for 32k cells
     assert plan.used_bytes <= 23 * GIB - plan.margin_bytes
 
@@ -104,10 +105,11 @@ def test_everything_fits_a_24gb_card():
 def test_six_gb_cap_keeps_the_first_layers_on_the_cpu():
     shape = llama3_8b_q4_k_m()
     req = fit.FitRequest(n_ctx=16 * 2048, n_outputs=16)
-    plan = fit.plan(shape, req, 6 * GIB)
-    assert 0 < plan.n_gpu_layers <= shape.n_layer and not plan.all_layers
+    placed = fit.plan(shape, req, 6 * GIB)
+    plan = placed.devices[0]
+    assert 0 < placed.n_gpu_layers <= shape.n_layer and not placed.all_layers
     # As llama.cpp's -ngl N: the output layer and the last N-1 repeating layers, with their KV.
-    n = plan.n_gpu_layers
+    n = placed.n_gpu_layers
     gpu_layers = range(shape.n_layer - (n - 1), shape.n_layer)
     assert plan.weights_bytes == shape.output_bytes + sum(shape.layer_bytes[i] for i in gpu_layers)
     assert plan.kv_bytes == sum(fit.kv_bytes_per_layer(shape, i, req) for i in gpu_layers)
@@ -124,8 +126,8 @@ def test_one_layer_on_the_gpu_is_the_output_layer(gemma3_gguf):
     req = fit.FitRequest(n_ctx=2048, n_outputs=1)
     one = next(fit.plan(shape, req, free) for free in range(2**29, 2**33, 2**20)
                if fit.plan(shape, req, free).n_gpu_layers == 1)
-    assert one.weights_bytes == shape.output_bytes and one.kv_bytes == 0
-    assert "1/19 layers on the GPU" in one.describe()
+    assert one.devices[0].weights_bytes == shape.output_bytes and one.devices[0].kv_bytes == 0
+    assert one.describe().startswith("auto-fit: 1/19 layers on GPU — ")
 
 
 def test_more_memory_or_a_smaller_cache_never_means_fewer_layers():
@@ -188,9 +190,106 @@ def test_auto_plans_within_the_limit_less_the_context(monkeypatch):
     from toolkit import backend
 
     card = backend.Device("CUDA0", "NVIDIA GeForce RTX 3060", "GPU", free_bytes=11_764 << 20, total_bytes=12 << 30)
-    monkeypatch.setattr(backend, "gpus", lambda: [card])
+    monkeypatch.setattr(backend, "offload_devices", lambda: [card])
     with Engine(embedded.smollm2_gguf(), EngineSettings(n_gpu_layers="auto", vram_limit=int(1.5 * GIB))) as engine:
         plan = engine.place(2048)
-    assert plan.free_bytes == (1536 - 524) << 20  # 524 MiB in use, taken as the context
+    (device,) = plan.devices
+    assert device.free_bytes == (1536 - 524) << 20  # 524 MiB in use, taken as the context
     assert plan.n_gpu_layers > 0
-    assert plan.weights_bytes + plan.kv_bytes + plan.compute_bytes <= plan.free_bytes - plan.margin_bytes
+    assert device.used_bytes <= device.free_bytes - device.margin_bytes
+
+
+# -- several devices and MoE experts (fit.place) ------------------------------------------------
+
+def qwen3_30b_a3b_q4_k_m() -> fit.ModelShape:
+    """Qwen3-30B-A3B's shape with Q4_K_M-sized tensors: 48 layers of 128 experts (8 used) of
+    768, 0.37 GB of experts and 12.5 MB of attention and router a layer (17.6 GB in all)."""
+    experts, rest = 366_000_000, 12_500_000
+    return fit.ModelShape(n_layer=48, n_embd=2048, n_ff=6144, n_head=32, n_head_kv=(4,) * 48, head_dim_k=128,
+                          head_dim_v=128, n_vocab=151936, layer_bytes=(experts + rest,) * 48,
+                          output_bytes=255_000_000, largest_tensor=(130_000_000,) * 48,
+                          output_matrix_bytes=255_000_000, expert_bytes=(experts,) * 48,
+                          largest_expert=(130_000_000,) * 48)
+
+
+def _check_placement(shape: fit.ModelShape, req: fit.FitRequest, p: fit.Placement) -> None:
+    """What llama.cpp will do with the plan's -ngl and tensor split: contiguous layers in device
+    order ending at the last layer, the output on the last device that holds any, each device
+    within its budget, and its figures the sum of its layers'."""
+    held = [d for d in p.devices if d.units]
+    assert [d.output for d in p.devices].count(True) == (1 if held else 0) and (not held or held[-1].output)
+    first = shape.n_layer - sum(d.n_layers for d in p.devices)
+    for d in p.devices:
+        assert d.first_layer == first or d.n_layers == 0
+        first += d.n_layers
+        layers = range(d.first_layer, d.first_layer + d.n_layers)
+        experts = shape.expert_bytes or (0,) * shape.n_layer
+        assert d.weights_bytes == (sum(shape.layer_bytes[i] - (experts[i] if i in p.cpu_experts else 0) for i in layers)
+                                   + (shape.output_bytes if d.output else 0))
+        assert d.kv_bytes == sum(fit.kv_bytes_per_layer(shape, i, req) for i in layers)
+        assert d.units == 0 or d.used_bytes <= d.free_bytes - d.margin_bytes
+    assert first == shape.n_layer
+    assert p.tensor_split == tuple(float(d.units) for d in p.devices) and p.n_gpu_layers == sum(p.tensor_split)
+
+
+def test_one_device_plans_are_what_llama_cpp_will_place():
+    shape, req = llama3_8b_q4_k_m(), fit.FitRequest(n_ctx=16 * 2048, n_outputs=16)
+    layers = []
+    for g in (1, 3, 6, 23):
+        placed = fit.place(shape, req, [fit.Budget("CUDA0", g * GIB)])
+        _check_placement(shape, req, placed)
+        layers.append(placed.n_gpu_layers)
+    assert layers == sorted(layers) and layers[-1] == 33
+
+
+def test_two_devices_share_the_layers_in_proportion_to_their_room():
+    shape, req = llama3_8b_q4_k_m(), fit.FitRequest(n_ctx=4 * 2048, n_outputs=4)
+    both = fit.place(shape, req, [fit.Budget("CUDA0", 24 * GIB), fit.Budget("CUDA1", 12 * GIB)])
+    _check_placement(shape, req, both)
+    assert both.all_layers and both.tensor_split == (22.0, 11.0)  # 33 units as 24 : 12
+    # Too little room for the even split: the last device is filled first, the rest goes before it.
+    tight = fit.place(shape, req, [fit.Budget("CUDA0", 2 * GIB), fit.Budget("CUDA1", 3 * GIB)])
+    _check_placement(shape, req, tight)
+    assert not tight.all_layers and all(d.units for d in tight.devices)
+    alone = fit.place(shape, req, [fit.Budget("CUDA1", 3 * GIB)])
+    assert tight.devices[1].units == alone.devices[0].units  # the last device holds as much as it would alone
+    # A third device with room for no layer takes none and is skipped by the split.
+    none = fit.place(shape, req, [fit.Budget("RPC0[h:1]", 2**28, False), fit.Budget("CUDA0", 2 * GIB),
+                                  fit.Budget("CUDA1", 3 * GIB)])
+    _check_placement(shape, req, none)
+    assert none.devices[0].units == 0 and none.tensor_split[1:] == tight.tensor_split
+
+
+def test_moe_experts_go_to_ram_before_any_layer_leaves_the_devices():
+    shape = qwen3_30b_a3b_q4_k_m()
+    req = fit.FitRequest(n_ctx=4 * 2048, n_outputs=4)
+    roomy = fit.place(shape, req, [fit.Budget("CUDA0", 24 * GIB)])
+    assert roomy.all_layers and roomy.cpu_experts == () and roomy.overrides == ()
+    capped = fit.place(shape, req, [fit.Budget("CUDA0", 8 * GIB)])
+    _check_placement(shape, req, capped)
+    # Every layer's attention on the GPU, the experts of the first layers in RAM: as few as fit.
+    assert capped.all_layers and capped.cpu_experts == tuple(range(len(capped.cpu_experts)))
+    assert 0 < len(capped.cpu_experts) < shape.n_layer
+    one_less = fit.Placement(shape.n_layer, fit._split(shape, req, [fit.Budget("CUDA0", 8 * GIB)], [49],
+                                                       len(capped.cpu_experts) - 1) or ())
+    assert not one_less.devices  # one layer's experts fewer in RAM would not fit
+    (pattern, device), = capped.overrides
+    assert device == "CPU"
+    held = [i for i in range(shape.n_layer) if re.search(pattern, f"blk.{i}.ffn_up_exps.weight")]
+    assert held == list(capped.cpu_experts)
+    for name in ("blk.0.ffn_gate_inp.weight", "blk.0.attn_q.weight", f"blk.{shape.n_layer - 1}.ffn_down_exps.weight"):
+        assert not re.search(pattern, name)
+    # So small that attention alone does not fit: all experts in RAM, and then layers too.
+    small = fit.place(shape, req, [fit.Budget("CUDA0", 2 * GIB)])
+    _check_placement(shape, req, small)
+    assert not small.all_layers and len(small.cpu_experts) == shape.n_layer and small.n_gpu_layers > 1
+
+
+def test_moe_over_three_devices_keeps_fewer_experts_in_ram_than_over_one():
+    shape = qwen3_30b_a3b_q4_k_m()
+    req = fit.FitRequest(n_ctx=16 * 2048, n_outputs=16)
+    three = fit.place(shape, req, [fit.Budget(f"CUDA{i}", 6 * GIB) for i in range(3)])
+    one = fit.place(shape, req, [fit.Budget("CUDA0", 6 * GIB)])
+    _check_placement(shape, req, three)
+    _check_placement(shape, req, one)
+    assert three.all_layers and one.all_layers and len(three.cpu_experts) < len(one.cpu_experts)
