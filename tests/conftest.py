@@ -153,3 +153,30 @@ def smollm2_lora_peft_merged(smollm2_hf, smollm2_lora):
 
     base = AutoModelForCausalLM.from_pretrained(str(smollm2_hf))
     return PeftModel.from_pretrained(base, str(smollm2_lora)).merge_and_unload().eval()
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer(converter, tmp_path_factory) -> Path:
+    """Qwen's tokenizer (llama.cpp's vocab-only ggml-vocab-qwen2.gguf, read by transformers) with
+    Qwen3's chat template from the same sdist."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(converter.vocabs, gguf_file="ggml-vocab-qwen2.gguf")
+    tok.chat_template = (converter.templates / "Qwen-Qwen3-0.6B.jinja").read_text(encoding="utf-8")
+    out = tmp_path_factory.mktemp("qwen-tokenizer")
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def moe_gguf(qwen_tokenizer, tmp_path_factory) -> Path:
+    """A Qwen3-MoE (4 layers of 8 experts, 2 per token) from scripts/make_random_checkpoint.py,
+    as a user makes one, quantized to Q4_K_M."""
+    where = tmp_path_factory.mktemp("moe")
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_random_checkpoint.py"), "--shape", "qwen3-moe-tiny",
+                    "--tokenizer", str(qwen_tokenizer), "--out", str(where / "moe-tiny")], check=True,
+                   capture_output=True)
+    (q4,) = quantize(str(where / "moe-tiny"), QuantizeSettings(types=("Q4_K_M",), output_dir=where / "models",
+                                                               check=False)).files
+    return q4.path
+

@@ -47,7 +47,7 @@ def test_imatrix_type_is_a_user_error(smollm2_hf, tmp_path):
     assert not (tmp_path / "SmolLM2-135M-Instruct").exists()  # refused before converting anything
 
 
-COMMANDS = ["setup", "doctor", "inspect", "quantize", "compare", "lora", "infer", "retrieve", "bench", "score", "vote",
+COMMANDS = ["setup", "doctor", "inspect", "rpc-server", "quantize", "compare", "lora", "infer", "retrieve", "bench", "score", "vote",
             "demo"]
 
 

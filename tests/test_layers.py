@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("files and formats", ["fsutil", "gguf", "weights", "embedded"]),
     ("the llama.cpp checkout, task files, GGUF readings", ["vendor", "dataset", "fit", "inspection"]),
     ("llama.cpp's tools, the models' manifest", ["tools", "manifest"]),
+    ("other machines' devices over llama.cpp's RPC", ["rpc"]),
     ("stage 1: source", ["source"]),
     ("stage 2: convert (and PEFT adapters)", ["convert", "adapter"]),
     ("stage 3: llama-quantize, LoRA GGUFs", ["quantizer", "lora"]),

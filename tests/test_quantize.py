@@ -251,19 +251,6 @@ def test_second_architecture_gemma3(gemma3_hf, tmp_path):
     assert n > 0
 
 
-@pytest.fixture(scope="module")
-def qwen_tokenizer(converter, tmp_path_factory) -> Path:
-    """Qwen's tokenizer (llama.cpp's vocab-only ggml-vocab-qwen2.gguf, read by transformers) with
-    Qwen3's chat template from the same sdist."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(converter.vocabs, gguf_file="ggml-vocab-qwen2.gguf")
-    tok.chat_template = (converter.templates / "Qwen-Qwen3-0.6B.jinja").read_text(encoding="utf-8")
-    out = tmp_path_factory.mktemp("qwen-tokenizer")
-    tok.save_pretrained(out)
-    return out
-
-
 def random_checkpoint(kind: str, tokenizer: Path, out: Path, **shape) -> Path:
     """Four layers of random weights in transformers' own layout for `kind`, saved as bf16."""
     import torch

@@ -12,8 +12,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import rpc
 from .engine import EngineSettings
-from .errors import ToolkitError, UserError
+from .errors import InternalError, UserError
 from .prompts import PromptSet
 from .retrieve import ExampleSettings, RetrievalSettings
 from .samples import samples_path
@@ -36,7 +37,7 @@ def _watch_vram(stop: threading.Event, peak: list[int]) -> None:
     from . import backend
 
     while not stop.wait(0.2):
-        used = sum(d.total_bytes - d.free_bytes for d in backend.gpus())
+        used = sum(d.total_bytes - d.free_bytes for d in backend.local_gpus())
         peak[0] = max(peak[0], used)
 
 
@@ -52,7 +53,7 @@ def _measure(model: str, input_path: str, parallel: int, settings: BenchSettings
     from . import backend
     from .infer import InferSettings, infer
 
-    has_gpu = bool(backend.gpus())
+    has_gpu = bool(backend.local_gpus())  # an RPC server's memory is its machine's, polled over the wire
     stop, peak = threading.Event(), [0]
     watcher = threading.Thread(target=_watch_vram, args=(stop, peak), daemon=True) if has_gpu else None
     if watcher:
@@ -109,6 +110,8 @@ def bench(model: Path, input_path: Path | None = None, settings: BenchSettings =
     gguf.read_model(model)  # a missing, truncated, non-GGUF or non-model file fails here, before any worker starts
     input_path = Path(input_path) if input_path else samples_path()
     load_items(input_path)  # a bad input fails here, once, with the usual message
+    if settings.engine.rpc:  # an unreachable server too (each worker joins the servers itself)
+        rpc.check_reachable(rpc.parse(settings.engine.rpc))
     ctx = mp.get_context("spawn")  # a fresh process per setting: its own peak RSS, no shared state
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,7 +123,7 @@ def bench(model: Path, input_path: Path | None = None, settings: BenchSettings =
             row = _row(proc, queue)
             proc.join()
             if "error" in row:
-                raise (UserError if row.get("user_error") else ToolkitError)(
+                raise (UserError if row.get("user_error") else InternalError)(
                     f"bench at --parallel {parallel} failed: {row['error']}")
             rows.append(row)
     return rows

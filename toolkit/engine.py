@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import backend, fit, gguf, llama_log
+from . import backend, fit, gguf, llama_log, rpc
 from .errors import AdapterMismatch, DecodeFailed, InternalError, InvalidAdapter, LoadFailed, OutOfMemory, UserError
 from .sampler import Sampler
 
@@ -54,7 +54,8 @@ def _on_gpu(failure: llama_log.AllocationFailure) -> bool:
 
 def _amount(failure: llama_log.AllocationFailure) -> str:
     """"2,048 MiB on CUDA0 (1,210 MiB free there)": what llama.cpp asked for, and what it had."""
-    free = next((d.free_bytes for d in backend.gpus() if d.name == failure.buffer), None) if _on_gpu(failure) else None
+    free = (next((d.free_bytes for d in backend.gpus() if failure.buffer in (d.name, d.buffer_type)), None)
+            if _on_gpu(failure) else None)
     there = f" ({round(free / 2**20):,} MiB free there)" if free is not None else ""
     return f"{failure.mib:,} MiB on {failure.buffer}{there}"
 
@@ -80,6 +81,58 @@ def context_does_not_fit(failure: llama_log.AllocationFailure, log_lines, n_ctx:
     return f"a context of {n_ctx} tokens does not fit: llama.cpp could not allocate {_amount(failure)} for the {part}; {hint}"
 
 
+SPLIT_MODES = {"none": 0, "layer": 1, "row": 2}  # enum llama_split_mode
+
+
+class _Override(ctypes.Structure):  # struct llama_model_tensor_buft_override
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+def _tensor_split_array(split: tuple[float, ...]):
+    import llama_cpp
+
+    n = llama_cpp.llama_max_devices()
+    if len(split) > n:
+        raise UserError(f"--tensor-split: {len(split)} shares, but llama.cpp takes at most {n} devices")
+    return (ctypes.c_float * n)(*split)
+
+
+def buffer_type(device: str) -> int:
+    """A device's buffer type, by llama.cpp device name (CPU, CUDA0, RPC1) or buffer type name
+    (RPC0[127.0.0.1:50052], as llama.cpp logs it)."""
+    lib = backend.ggml()
+    names = []
+    for d in backend.devices():
+        if device.lower() in (d.name.lower(), d.buffer_type.lower()):
+            return lib.ggml_backend_dev_buffer_type(lib.ggml_backend_dev_by_name(d.name.encode()))
+        names.append(d.name if d.buffer_type == d.name else f"{d.name} ({d.buffer_type})")
+    raise UserError(f"--override-tensor: no device {device!r} here; there are {', '.join(names)}")
+
+
+def tensor_overrides(overrides) -> ctypes.Array:
+    """A NULL-terminated llama_model_tensor_buft_override array of (regex, device) pairs."""
+    arr = (_Override * (len(overrides) + 1))()
+    for i, (pattern, device) in enumerate(overrides):
+        arr[i].pattern = pattern.encode()
+        arr[i].buft = buffer_type(device)
+    return arr
+
+
+def device_budgets(vram_limit: int | None, as_free: int | None = None,
+                   devices: list[backend.Device] | None = None) -> list[fit.Budget]:
+    """What each device llama.cpp offloads to (`devices`, default all) may hold, in its order (RPC
+    servers first, then GPUs): free memory, or --vram-limit on each, as on cards of that size
+    (or, to plan ahead, `as_free` on each, whatever is free now)."""
+    budgets = []
+    for d in backend.offload_devices() if devices is None else devices:
+        free = d.free_bytes if as_free is None else as_free
+        if vram_limit is not None:
+            # an RPC server's CUDA context is on its machine, not counted in what it reports
+            free = min(free, vram_limit) if backend.is_rpc(d) else fit.within_limit(vram_limit, free, d.total_bytes)
+        budgets.append(fit.Budget(d.buffer_type or d.name, free, op_offload=not backend.is_rpc(d)))
+    return budgets
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     n_gpu_layers: int | str = -1  # -1: every layer on the GPU; "auto": as many as fit (fit.py)
@@ -96,6 +149,13 @@ class EngineSettings:
     batch_invariant: bool = False
     lora: Path | None = None  # a GGUF LoRA (toolkit lora) applied on top of the model
     lora_scale: float = 1.0
+    # Beyond one GPU (docs/gpu-memory.md): llama.cpp RPC servers whose devices join this run's,
+    # each device's share of the layers (llama.cpp's device order: RPC first, then GPUs), how a
+    # layer is split, and tensors placed by name (regex, device), as llama.cpp's --rpc, -ts, -sm, -ot.
+    rpc: str | None = None  # "HOST:PORT,HOST:PORT"
+    tensor_split: tuple[float, ...] | None = None
+    split_mode: str = "layer"  # or "row"
+    overrides: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,6 +168,7 @@ class LoadInfo:
     backend: str
     n_ctx_train: int
     offload_log: str = ""  # llama.cpp's own line, e.g. "load_tensors: offloaded 33/33 layers to GPU"
+    devices: tuple[str, ...] = ()  # the buffer types llama.cpp put weights in (CPU_Mapped, CUDA0, RPC0[…] …)
 
 
 @dataclass
@@ -283,15 +344,46 @@ class Engine:
         self.logits_rows = 0
         self.model_buffer_lines: list[str] = []
         self.buffer_sizes: list[str] = []
-        self.fit_plan: fit.FitPlan | None = None
+        self.fit_plan: fit.Placement | None = None
         self.adapter = None
+        self._keep: list = []  # ctypes arrays llama.cpp reads while loading
         llama_cpp.llama_backend_init()
+        self.endpoints = rpc.parse(settings.rpc) if settings.rpc else []
+        self.rpc_devices = rpc.join(self.endpoints)  # before loading: an unreachable server is one line, not an abort
+        # This run's devices: the local GPUs and its own servers' (another Engine in this process
+        # may have joined other servers, which llama.cpp would otherwise use too).
+        everything = backend.offload_devices()
+        self.devices = [d for d in everything if not backend.is_rpc(d) or d.name in self.rpc_devices]
+        self._device_list = None if len(self.devices) == len(everything) else self._devices_array()
+        self._check_placement_options()
+        if self.endpoints:
+            rpc.on_abort(self.endpoints, lambda: "")
         # "auto" needs the context size, which needs the prompts' tokens: load only the
         # vocabulary now, and the weights once place() knows how much KV cache there will be.
         self._placed = settings.n_gpu_layers != "auto"
         self._load(int(settings.n_gpu_layers) if self._placed else 0, vocab_only=not self._placed)
 
-    def _load(self, n_gpu_layers: int, vocab_only: bool) -> None:
+    def _check_placement_options(self) -> None:
+        """What llama.cpp would ignore or fail on half-way through a load, said up front."""
+        s = self.settings
+        names = ", ".join(d.buffer_type or d.name for d in self.devices) or "none"
+        if s.tensor_split is not None and len(s.tensor_split) != len(self.devices):
+            raise UserError(f"--tensor-split: {len(s.tensor_split)} shares for {len(self.devices)} device(s) "
+                            f"(in order: {names})")
+        if s.split_mode == "row" and any(backend.is_rpc(d) for d in self.devices):
+            raise UserError("--split-mode row splits matrices across the GPUs of one machine; llama.cpp cannot split "
+                            "them over RPC devices: use --split-mode layer")
+        for _, device in s.overrides:
+            buffer_type(device)  # an unknown device: one line naming those there are
+
+    def _devices_array(self) -> ctypes.Array:
+        """A NULL-terminated ggml_backend_dev_t array of self.devices (llama_model_params.devices)."""
+        lib = backend.ggml()
+        return (ctypes.c_void_p * (len(self.devices) + 1))(
+            *(lib.ggml_backend_dev_by_name(d.name.encode()) for d in self.devices), None)
+
+    def _load(self, n_gpu_layers: int, vocab_only: bool, tensor_split: tuple[float, ...] | None = None,
+              extra_overrides: tuple[tuple[str, str], ...] = ()) -> None:
         import llama_cpp
 
         self._free_model()
@@ -299,6 +391,15 @@ class Engine:
         mparams.n_gpu_layers = n_gpu_layers if n_gpu_layers >= 0 else 1_000_000
         mparams.vocab_only = vocab_only
         mparams.use_extra_bufts = not self.settings.batch_invariant  # the CPU's repacked weights
+        mparams.split_mode = SPLIT_MODES[self.settings.split_mode]
+        if self._device_list is not None:
+            mparams.devices = ctypes.cast(self._device_list, ctypes.c_void_p)
+        if split := (tensor_split if tensor_split is not None else self.settings.tensor_split):
+            self._keep.append(arr := _tensor_split_array(split))
+            mparams.tensor_split = arr
+        if overrides := (*self.settings.overrides, *extra_overrides):
+            self._keep.append(arr := tensor_overrides(overrides))
+            mparams.tensor_buft_overrides = ctypes.cast(arr, ctypes.c_void_p)
         self.model_buffer_lines = []
         with llama_log.capture(_keep_buffer_lines(self.model_buffer_lines)) as log:
             self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
@@ -311,11 +412,14 @@ class Engine:
         n_layer = self.header.block_count or 0
         m = _OFFLOADED.search(log.text())
         offloaded, total = (int(m.group(1)), int(m.group(2))) if m else (0, n_layer + 1)
-        gpus = backend.gpus() if offloaded else []
+        if not self.devices:  # llama.cpp counts -ngl as offloaded in any build that could offload (RPC)
+            offloaded = 0
+        gpus = self.devices if offloaded else []
         self.info = LoadInfo(
             path=self.path, architecture=self.header.architecture, quant_type=self.header.file_type_name,
             layers_offloaded=offloaded, layers_total=total,
             backend=", ".join(f"{d.name} ({d.description})" for d in gpus) if gpus else "CPU",
+            devices=tuple(sorted({b for b, kinds in buffers_of(self.model_buffer_lines).items() if kinds.get("model")})),
             n_ctx_train=self.header.context_length or 4096,
             offload_log=next((ln.strip() for ln in log.lines if _OFFLOADED.search(ln)), ""),
         )
@@ -329,22 +433,29 @@ class Engine:
     @property
     def on_gpu(self) -> bool:
         """Whether generation will run on a GPU (for "auto": whether there is one)."""
-        return bool(self.info.layers_offloaded) if self._placed else bool(backend.gpus())
+        return bool(self.info.layers_offloaded) if self._placed else bool(self.devices)
 
-    def place(self, n_ctx: int, logits_rows: int | None = None) -> fit.FitPlan | None:
-        """For --n-gpu-layers auto: plan the layers for a context of n_ctx cells (and logits_rows,
-        as open_context takes it) and load the weights. Does nothing once the weights are loaded."""
+    def place(self, n_ctx: int, logits_rows: int | None = None,
+              on_plan: Callable[[fit.Placement], None] | None = None) -> fit.Placement | None:
+        """For --n-gpu-layers auto: plan the layers over the devices for a context of n_ctx cells
+        (and logits_rows, as open_context takes it), hand the plan to on_plan, and load the weights.
+        Does nothing once the weights are loaded."""
         if self._placed:
             return self.fit_plan
-        gpus = backend.gpus()
-        free = sum(d.free_bytes for d in gpus)
-        if self.settings.vram_limit is not None:
-            free = fit.within_limit(self.settings.vram_limit, free, sum(d.total_bytes for d in gpus)) if gpus else 0
         flash = self.settings.flash_attn if self.settings.flash_attn is not None else True
         req = fit.FitRequest(n_ctx=n_ctx, n_ubatch=min(self.settings.n_batch, n_ctx), n_outputs=logits_rows,
                              cache_type=self.settings.cache_type, flash_attn=flash)
-        self.fit_plan = fit.plan(fit.shape_of(self.path, self.header), req, free) if gpus else None
-        self._load(self.fit_plan.n_gpu_layers if self.fit_plan else 0, vocab_only=False)
+        budgets = device_budgets(self.settings.vram_limit, devices=self.devices)
+        if budgets:
+            self.fit_plan = fit.place(fit.shape_of(self.path, self.header), req, budgets)
+            if on_plan is not None:
+                on_plan(self.fit_plan)
+            # The user's own split and overrides, when given, win over the plan's (first match wins).
+            self._load(self.fit_plan.n_gpu_layers, vocab_only=False,
+                       tensor_split=self.settings.tensor_split or self.fit_plan.tensor_split,
+                       extra_overrides=self.fit_plan.overrides)
+        else:
+            self._load(0, vocab_only=False)
         self._placed = True
         return self.fit_plan
 

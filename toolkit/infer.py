@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from . import chat_template, console, constraints, dataset, embedded, gguf, manifest, retrieve
+from . import chat_template, console, constraints, dataset, embedded, gguf, manifest, retrieve, rpc
 from .answer import has_answer_form
 from .clean import clean_answer
 from .engine import Engine, EngineSettings, Generation, LoadInfo
@@ -278,6 +278,9 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
         raise UserError(f"{output} holds answers; a dry run would replace them: choose another --output")
 
     with Engine(model_path, settings.engine) as engine:
+        if engine.endpoints:  # a server lost mid-run ends the run with one line; what is written stays
+            rpc.on_abort(engine.endpoints, lambda: f"the answers finished so far are kept in {output}: restart the "
+                                                   "server and run the same command to resume")
         template = chat_template.load(engine.header.chat_template, engine.special_tokens(),
                                       settings.chat_template, model_path.name)
         # After the model, LoRA and template loaded (a missing one is said as such), before any answer.
@@ -344,9 +347,8 @@ def _answer(input_path: Path, items: list[dict], output: Path, held, model_path:
         n_seq = parallel + len(plan.prefixes) if plan else 1
         # Choosing reads a row of logits for each token of an opening (in a few decodes when long).
         rows = max(n_seq, min(longest_opening, settings.engine.n_batch))
-        placed = None if settings.dry_run else engine.place(n_ctx, logits_rows=rows)  # auto: the context size is known now
-        if placed:
-            console.err.print(placed.describe())
+        if not settings.dry_run:  # auto: the context size is known now; the plan is shown before the weights load
+            engine.place(n_ctx, logits_rows=rows, on_plan=lambda placed: console.err.print(placed.describe()))
         result = InferResult(output, model_path, engine.info, n_ctx, len(items), resumed=len(previous),
                              parallel=parallel, lora=settings.engine.lora, lora_scale=settings.engine.lora_scale,
                              votes=votes, references=settings.references, examples=settings.examples,

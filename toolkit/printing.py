@@ -37,7 +37,8 @@ def print_doctor(rep: dict) -> None:
                 console.out.print(f"{'cuda devices':<24} none visible to llama.cpp")
         elif key == "fit":
             console.out.print(f"{'plan':<24} {value['request']}")
-            console.out.print(f"{'':<24} {value['plan']}")
+            for line in value["plan"].splitlines():
+                console.out.print(f"{'':<24} {line}")
         else:
             console.out.print(f"{key.replace('_', ' '):<24} {value}")
 

@@ -4,6 +4,7 @@ help panels, and the options several commands take, declared once as Annotated a
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal, Optional
@@ -66,6 +67,29 @@ def gpu_layers(value) -> int | str:
         raise typer.BadParameter(f"{value!r} is neither a number of layers nor 'auto'") from None
 
 
+def tensor_split(value) -> tuple[float, ...]:
+    """--tensor-split 3,1: each device's share of the layers, in llama.cpp's device order."""
+    try:
+        parts = tuple(float(p) for p in str(value).split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a list of numbers like 3,1") from None
+    if any(not math.isfinite(p) or p < 0 for p in parts) or not any(parts):
+        raise typer.BadParameter("needs shares of 0 or more, at least one above 0 (e.g. 3,1)")
+    return parts
+
+
+def override(value) -> tuple[str, str]:
+    """--override-tensor REGEX=DEVICE (llama.cpp's -ot): where tensors whose names match go."""
+    pattern, sep, device = str(value).rpartition("=")
+    if not sep or not pattern or not device:
+        raise typer.BadParameter(f"{value!r} is not REGEX=DEVICE (e.g. 'ffn_.*_exps=CPU')")
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise typer.BadParameter(f"{pattern!r} is not a regular expression ({e})") from None
+    return pattern, device
+
+
 POSITIVE = at_least(1)
 
 # Options several commands share.
@@ -79,6 +103,22 @@ VramLimitOpt = Annotated[Optional[int], typer.Option(
     "--vram-limit", parser=gib, metavar="GIB", rich_help_panel=GPU,
     help="with auto: use at most this much GPU memory in all, as on a card of that size (what is in use already, "
          "the CUDA context included, counts against it)")]
+RpcOpt = Annotated[Optional[str], typer.Option(
+    "--rpc", metavar="HOST:PORT,…", rich_help_panel=GPU,
+    help="llama.cpp RPC servers (`toolkit rpc-server` on each machine) whose devices join this run's; each is "
+         "tried before loading")]
+TensorSplitOpt = Annotated[Optional[str], typer.Option(
+    "--tensor-split", parser=tensor_split, metavar="A,B,…", rich_help_panel=GPU,
+    help="each device's share of the layers, in llama.cpp's order: RPC servers' devices (as --rpc names them), "
+         "then GPUs (default: auto's plan, or llama.cpp's split by free memory)")]
+SplitModeOpt = Annotated[Literal["layer", "row"], typer.Option(
+    "--split-mode", rich_help_panel=GPU,
+    help="over several GPUs: whole layers on each (layer), or each matrix's rows split (row; CUDA only)")]
+OverrideTensorOpt = Annotated[Optional[list[str]], typer.Option(
+    "--override-tensor", "-ot", parser=override, metavar="REGEX=DEVICE", rich_help_panel=GPU,
+    help="put tensors whose names match on a device (CPU, CUDA0, RPC1 …: `toolkit doctor` lists them), as "
+         "llama.cpp's -ot; "
+         "repeatable, first match wins, e.g. 'ffn_.*_exps=CPU' keeps MoE experts in RAM")]
 CacheTypeOpt = Annotated[Literal[tuple(KV_TYPE_BYTES)], typer.Option("--cache-type", rich_help_panel=GPU,
                                            help="KV cache type (q8_0 halves its memory)")]
 BatchInvariantOpt = Annotated[bool, typer.Option(
@@ -130,3 +170,11 @@ def command(name: str, **settings):
 def examples(*lines: str) -> str:
     """A command's epilog: real invocations, one per line (typer joins paragraphs, so one each)."""
     return "\n\n".join(["Examples:", *(f"  $ {line}" for line in lines)])
+
+
+def placement(rpc: str | None, tensor_split: tuple[float, ...] | None, split_mode: str,
+              override_tensor: list[tuple[str, str]] | None) -> dict:
+    """EngineSettings' fields for the options that place a model over several devices."""
+    return {"rpc": rpc, "tensor_split": tensor_split, "split_mode": split_mode,
+            "overrides": tuple(override_tensor or ())}
+

@@ -14,8 +14,9 @@ from ..errors import UserError
 from ..retrieve import DEFAULT_CHARS, DEFAULT_COUNT, DEFAULT_EXAMPLES, ExampleSettings, RetrievalSettings
 from ..sampler import SamplingParams
 from ._options import (GPU, MODEL, OUTPUT, POSITIVE, PROMPTS, SAMPLING, AnswerFormOpt, BatchInvariantOpt, CacheTypeOpt,
-                       ExamplesCountOpt, ExamplesOpt, GpuLayersOpt, LabelsOpt, PromptsFileOpt, ReferencesCharsOpt,
-                       ReferencesCountOpt, ReferencesOpt, VramLimitOpt, at_least, command, examples, finite)
+                       ExamplesCountOpt, ExamplesOpt, GpuLayersOpt, LabelsOpt, OverrideTensorOpt, PromptsFileOpt,
+                       ReferencesCharsOpt, ReferencesCountOpt, ReferencesOpt, RpcOpt, SplitModeOpt, TensorSplitOpt,
+                       VramLimitOpt, at_least, command, examples, finite, placement)
 
 _D = SamplingParams()
 
@@ -93,6 +94,10 @@ def infer(
         parser=POSITIVE, rich_help_panel=GPU,
         help="questions decoded together (default: 16 on a GPU, 4 on the CPU; 1: one at a time)")] = None,
     batch_invariant: BatchInvariantOpt = False,
+    rpc: RpcOpt = None,
+    tensor_split: TensorSplitOpt = None,
+    split_mode: SplitModeOpt = "layer",
+    override_tensor: OverrideTensorOpt = None,
     output: Annotated[Optional[Path], typer.Option(
         rich_help_panel=OUTPUT, help="where to write (default: <input stem>.<model stem>.json)")] = None,
     no_resume: Annotated[bool, typer.Option(
@@ -119,7 +124,8 @@ def infer(
                               num_return_sequences=votes, seed=seed)
     engine = EngineSettings(n_gpu_layers=n_gpu_layers, vram_limit=vram_limit, cache_type=cache_type, n_ctx=n_ctx,
                             threads=threads, flash_attn={"auto": None, "on": True, "off": False}[flash_attn],
-                            batch_invariant=batch_invariant, lora=lora, lora_scale=lora_scale)
+                            batch_invariant=batch_invariant, lora=lora, lora_scale=lora_scale,
+                            **placement(rpc, tensor_split, split_mode, override_tensor))
     found, shown = retrieval_settings(references, references_count, references_chars, references_labels,
                                       examples_file, examples_count)
     settings = InferSettings(model=model, output=output, sampling=sampling, engine=engine, prompts=prompt_set,
@@ -213,6 +219,10 @@ def bench(
     vram_limit: VramLimitOpt = None,
     cache_type: CacheTypeOpt = "f16",
     batch_invariant: BatchInvariantOpt = False,
+    rpc: RpcOpt = None,
+    tensor_split: TensorSplitOpt = None,
+    split_mode: SplitModeOpt = "layer",
+    override_tensor: OverrideTensorOpt = None,
     json_: Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, help="print a list of objects")] = False,
 ) -> int:
     """Runs infer on the questions (default: the bundled samples) once per --parallel setting, each
@@ -233,7 +243,8 @@ def bench(
                              references=found, examples=shown, answer_form=answer_form,
                              sampling=SamplingParams(max_new_tokens=max_new_tokens).validate(),
                              engine=EngineSettings(n_gpu_layers=n_gpu_layers, vram_limit=vram_limit,
-                                                   cache_type=cache_type, batch_invariant=batch_invariant))
+                                                   cache_type=cache_type, batch_invariant=batch_invariant,
+                                                   **placement(rpc, tensor_split, split_mode, override_tensor)))
     rows = run(model, input_, settings, repeat=repeat)
     if json_:
         printing.print_json(rows, ensure_ascii=True)

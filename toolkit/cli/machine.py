@@ -1,4 +1,5 @@
-"""setup, doctor, inspect: what is installed, what the machine can run, what a GGUF holds."""
+"""setup, doctor, inspect, rpc-server: what is installed, what the machine can run, what a GGUF holds, and
+serving this machine's devices to others."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import printing
-from ._options import GPU, CacheTypeOpt, JsonOpt, POSITIVE, command, examples, gib
+from ._options import GPU, CacheTypeOpt, JsonOpt, POSITIVE, RpcOpt, at_least, command, examples, gib
 
 
 @command("setup", help="take llama.cpp's converter from the pinned llama-cpp-python sdist",
@@ -39,14 +40,16 @@ def doctor(
                                        help="tokens per sequence (prompt + answer; default 2048)")] = 2048,
     parallel: Annotated[int, typer.Option(parser=POSITIVE, rich_help_panel=GPU, help="sequences decoded together")] = 1,
     vram: Annotated[Optional[int], typer.Option(parser=gib, metavar="GIB", rich_help_panel=GPU,
-                                                help="free GPU memory to plan for (default: what is free now)")] = None,
+                                                help="GPU memory to plan for on each device (default: what is free now; "
+                                                     "with no GPU, one card of this size)")] = None,
     cache_type: CacheTypeOpt = "f16",
     no_flash_attn: Annotated[bool, typer.Option("--no-flash-attn", rich_help_panel=GPU,
                                                 help="plan for attention scores in the compute buffer")] = False,
+    rpc: RpcOpt = None,
 ) -> int:
     from .. import doctor as checks
 
-    rep = checks.report()
+    rep = checks.report(rpc)
     if model:
         rep["fit"] = checks.fit_report(model, n_ctx, parallel, vram, cache_type, not no_flash_attn)
     if json_:
@@ -68,3 +71,22 @@ def inspect(file: Annotated[Path, typer.Argument(help="a GGUF file")], json_: Js
         printing.print_inspect(s)
     return 0
 
+
+@command("rpc-server", help="serve this machine's GPUs (or CPU) to other machines' runs, as llama.cpp's rpc-server",
+         epilog=examples("toolkit rpc-server", "toolkit rpc-server --port 50053 --device CUDA0",
+                         "toolkit infer test.json --model m.gguf --rpc 127.0.0.1:50052,127.0.0.1:50053"))
+def rpc_server(
+    host: Annotated[str, typer.Option(metavar="ADDRESS", help="address to listen on; anything but loopback lets anyone who can reach it "
+                                           "use this machine (RPC has no authentication)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(parser=at_least(1), metavar="PORT", help="TCP port")] = 50052,
+    device: Annotated[Optional[list[str]], typer.Option(
+        metavar="NAME", help="device to serve, repeatable (CUDA0, CPU …; default: every GPU, else the CPU)")] = None,
+    cache: Annotated[bool, typer.Option("--cache", help="keep large tensors on disk here, so a later load sends only "
+                                                        "their hashes")] = False,
+    threads: Annotated[Optional[int], typer.Option(parser=POSITIVE, metavar="N",
+                                                   help="CPU threads (default: half the cores)")] = None,
+) -> int:
+    from .. import rpc
+
+    rpc.serve(rpc.ServerSettings(host=host, port=port, devices=tuple(device or ()), cache=cache, threads=threads))
+    return 0

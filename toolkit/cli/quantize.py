@@ -9,7 +9,8 @@ import typer
 
 from .. import console, printing
 from ..quantizer import DEFAULT_TYPE
-from ._options import MODEL, OUTPUT, ForceOpt, GpuLayersOpt, OutputDirOpt, at_least, command, examples
+from ._options import (MODEL, OUTPUT, ForceOpt, GpuLayersOpt, OutputDirOpt, OverrideTensorOpt, RpcOpt, SplitModeOpt,
+                       TensorSplitOpt, at_least, command, examples, placement)
 
 # Shown as flags of their own; any other llama.cpp type works as --<type> too (the entry point
 # turns it into --type).
@@ -93,6 +94,10 @@ def compare(
                                        help="chunk size for a plain text file (as llama-perplexity -c; at least "
                                             "16)")] = 512,
     n_gpu_layers: GpuLayersOpt = -1,
+    rpc: RpcOpt = None,
+    tensor_split: TensorSplitOpt = None,
+    split_mode: SplitModeOpt = "layer",
+    override_tensor: OverrideTensorOpt = None,
     json_: Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, help="print a list of objects")] = False,
 ) -> int:
     """Teacher-forced over the same texts: top-1 agreement with the reference, mean and p99 KL
@@ -100,7 +105,8 @@ def compare(
     from ..engine import EngineSettings
     from ..fidelity import compare as run
 
-    rows = run(reference, list(quants), prompts, n_ctx, EngineSettings(n_gpu_layers=n_gpu_layers),
+    rows = run(reference, list(quants), prompts, n_ctx, EngineSettings(n_gpu_layers=n_gpu_layers,
+                                                                **placement(rpc, tensor_split, split_mode, override_tensor)),
                on_file=lambda p: console.err.print(f"scoring {p.name}"))
     if json_:
         printing.print_json([r.as_dict() for r in rows], ensure_ascii=True)
