@@ -331,3 +331,20 @@ def test_a_server_gone_after_a_run_does_not_take_this_process_down(own_servers):
         assert engine.info.layers_offloaded == 0 and engine.devices == []
     with pytest.raises(UserError, match=f"^the RPC server {re.escape(gone.endpoint)} is unreachable"):
         Engine(embedded.smollm2_gguf(), EngineSettings(rpc=gone.endpoint))
+
+
+def test_a_server_beyond_loopback_warns_that_rpc_has_no_authentication():
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "rpc-server", "--host", "0.0.0.0", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first = proc.stderr.readline().strip()
+        second = proc.stderr.readline().strip()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert first == (f"warning: the RPC server listens on 0.0.0.0: RPC has no authentication, so anyone who can reach "
+                     f"port {port} can use this machine's devices and memory; use it only on a network you trust (or "
+                     "keep 127.0.0.1 and tunnel)")
+    assert second.startswith(f"note: rpc-server: llama.cpp's ggml-rpc-server on 0.0.0.0:{port}")
